@@ -1,1 +1,177 @@
-fn main() {}
+//! `tollgate`: the appliance's binary — CLI, configuration, and the wiring of the redirect
+//! (eBPF), the proxy (TLS interception) and the connection records.
+
+mod config;
+mod run;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use config::{Config, OtherTraffic, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
+
+/// Tollgate: transparent, policy-enforcing interception of agents' Snowflake connections.
+#[derive(Parser)]
+#[command(name = "tollgate", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach the redirect and run the proxy until SIGTERM/SIGINT.
+    ///
+    /// The redirect stays pinned in the kernel after tollgate exits (agents then get
+    /// "connection refused", never a direct path); `tollgate detach` removes it.
+    Run(RunArgs),
+    /// Manage the interception CA that agents' hosts trust.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Show what is pinned and attached in the kernel.
+    Status {
+        /// bpffs directory of the pins.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the redirect: every pinned link, program and map. Agents connect directly again.
+    Detach {
+        /// bpffs directory of the pins.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create the CA in the state dir if it does not exist yet (idempotent).
+    Init {
+        /// State directory holding ca.pem and ca.key.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Print the CA certificate's path and PEM.
+    Show {
+        /// State directory holding ca.pem and ca.key.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+}
+
+/// `tollgate run` flags; each overrides the matching config-file setting.
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    /// YAML configuration file (see README); flags override its settings.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// cgroup v2 directory whose processes are redirected (repeatable; replaces the file's list).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    cgroups: Vec<PathBuf>,
+    /// Destination TCP port to redirect (repeatable; replaces the file's list).
+    #[arg(long = "port", value_name = "N")]
+    ports: Vec<u16>,
+    /// SNI pattern to intercept (repeatable; replaces the file's or default list).
+    #[arg(long = "intercept", value_name = "PATTERN")]
+    intercept: Vec<String>,
+    /// What to do with TLS to names that are not intercepted: passthrough or block.
+    #[arg(long, value_name = "MODE")]
+    other_traffic: Option<OtherTraffic>,
+    /// PEM file of roots trusted for upstream servers (default: the system store).
+    #[arg(long, value_name = "FILE")]
+    upstream_roots: Option<PathBuf>,
+    /// State directory (CA key and certificate, default record file).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// bpffs directory for pinned programs, links and maps.
+    #[arg(long, value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
+    /// Connection record file (JSON lines), or `-` for stdout.
+    #[arg(long, value_name = "FILE")]
+    records: Option<String>,
+    /// Loopback port of the proxy listeners.
+    #[arg(long, value_name = "N")]
+    listen_port: Option<u16>,
+    /// The cgroup tollgate moves itself into (never redirected).
+    #[arg(long, value_name = "PATH")]
+    proxy_cgroup: Option<PathBuf>,
+    /// Do not load eBPF: rely on an external REDIRECT rule (no process identity then).
+    #[arg(long)]
+    no_ebpf: bool,
+}
+
+impl RunArgs {
+    /// The effective configuration: file (or defaults), then flags, then validation.
+    fn config(&self) -> Result<Config> {
+        let mut c = match &self.config {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        if !self.cgroups.is_empty() {
+            c.redirect.cgroups = self.cgroups.clone();
+        }
+        if !self.ports.is_empty() {
+            c.redirect.ports = self.ports.clone();
+        }
+        if !self.intercept.is_empty() {
+            c.intercept.patterns = self.intercept.clone();
+        }
+        if let Some(o) = self.other_traffic {
+            c.intercept.other_traffic = o;
+        }
+        if let Some(r) = &self.upstream_roots {
+            c.tls.upstream_roots = Some(r.clone());
+        }
+        if let Some(s) = &self.state_dir {
+            c.state_dir = absolute(s)?;
+        }
+        if let Some(p) = &self.pin_dir {
+            c.redirect.pin_dir = absolute(p)?;
+        }
+        if let Some(r) = &self.records {
+            c.records = Some(r.clone());
+        }
+        if let Some(p) = self.listen_port {
+            c.listen.port = p;
+        }
+        if let Some(p) = &self.proxy_cgroup {
+            c.redirect.proxy_cgroup = p.clone();
+        }
+        if self.no_ebpf {
+            c.redirect.mode = config::RedirectMode::None;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn absolute(p: &std::path::Path) -> Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .context("resolving a relative path")?
+            .join(p)
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Command::Run(args) => args.config().and_then(run::run),
+        Command::Ca(CaCommand::Init { state_dir }) => run::ca_init(&state_dir),
+        Command::Ca(CaCommand::Show { state_dir }) => run::ca_show(&state_dir),
+        Command::Status { pin_dir, json } => run::status(&pin_dir, json),
+        Command::Detach { pin_dir } => run::detach(&pin_dir),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tollgate: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,541 @@
+//! The daemon's configuration: YAML file → [`Config`] (serde, unknown fields rejected) →
+//! command-line overrides → [`Config::validate`], whose errors name the offending field.
+//!
+//! Every field has a default, so `tollgate run` works without a file; the README documents each.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The configuration file format version this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// Where Tollgate keeps its CA and other state by default.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tollgate";
+/// Where the redirect's programs, links and maps are pinned by default.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/tollgate";
+/// The proxy's listener port on loopback by default.
+pub const DEFAULT_LISTEN_PORT: u16 = 15443;
+/// Default SO_MARK on Tollgate's own upstream sockets (ASCII "tg").
+pub const DEFAULT_SOCKET_MARK: u32 = 0x7467;
+
+/// The names Tollgate terminates TLS for when no list is configured: Snowflake's public,
+/// China and PrivateLink endpoints.
+pub const DEFAULT_INTERCEPT: &[&str] = &[
+    "*.snowflakecomputing.com",
+    "*.snowflakecomputing.cn",
+    "*.privatelink.snowflakecomputing.com",
+];
+
+/// A configuration problem, naming the field (`redirect.ports[1]`) and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for this schema (serde names the field, line and column).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (field path, line and column).
+        message: String,
+    },
+    /// A field has a value Tollgate cannot use.
+    #[error("config field `{field}`: {message}")]
+    Invalid {
+        /// Dotted path of the field.
+        field: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.to_string(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// File format version; must be 1.
+    pub version: u32,
+    /// Which connections are redirected to Tollgate, and how.
+    pub redirect: RedirectSection,
+    /// The proxy's listeners.
+    pub listen: ListenSection,
+    /// Which TLS names are intercepted and what happens to the rest.
+    pub intercept: InterceptSection,
+    /// Upstream TLS trust.
+    pub tls: TlsSection,
+    /// Directory for the CA (`ca.pem`, `ca.key`) and other state.
+    pub state_dir: PathBuf,
+    /// Connection record sink: a file path, or `-` for stdout. Default `<state_dir>/connections.jsonl`.
+    pub records: Option<String>,
+    /// Resource limits and timeouts.
+    pub limits: LimitsSection,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            version: CONFIG_VERSION,
+            redirect: RedirectSection::default(),
+            listen: ListenSection::default(),
+            intercept: InterceptSection::default(),
+            tls: TlsSection::default(),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            records: None,
+            limits: LimitsSection::default(),
+        }
+    }
+}
+
+/// How connections reach Tollgate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedirectMode {
+    /// Tollgate's eBPF programs redirect connections from the configured cgroups.
+    Ebpf,
+    /// Something else (an iptables/nft REDIRECT rule) redirects; Tollgate only listens and reads
+    /// SO_ORIGINAL_DST. No process identity is available in this mode.
+    None,
+}
+
+/// `redirect:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedirectSection {
+    /// `ebpf` (default) or `none`.
+    pub mode: RedirectMode,
+    /// cgroup v2 directories whose processes are redirected: absolute paths, or paths relative
+    /// to the cgroup2 mount (`system.slice/agent.service`). Required in `ebpf` mode.
+    pub cgroups: Vec<PathBuf>,
+    /// Destination TCP ports redirected (default `[443]`).
+    pub ports: Vec<u16>,
+    /// The cgroup Tollgate moves itself into (relative to the cgroup2 mount, or absolute);
+    /// its connections are never redirected. Default `tollgate`.
+    pub proxy_cgroup: PathBuf,
+    /// bpffs directory where programs, links and maps are pinned.
+    pub pin_dir: PathBuf,
+    /// SO_MARK set on Tollgate's upstream sockets; the hooks skip marked sockets.
+    pub socket_mark: u32,
+}
+
+impl Default for RedirectSection {
+    fn default() -> Self {
+        RedirectSection {
+            mode: RedirectMode::Ebpf,
+            cgroups: vec![],
+            ports: vec![443],
+            proxy_cgroup: PathBuf::from("tollgate"),
+            pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+            socket_mark: DEFAULT_SOCKET_MARK,
+        }
+    }
+}
+
+/// `listen:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenSection {
+    /// Port of the proxy listeners (the redirect rewrites destinations to loopback:port).
+    pub port: u16,
+    /// Loopback addresses to listen on (default `127.0.0.1` and `::1`).
+    pub addresses: Vec<IpAddr>,
+}
+
+impl Default for ListenSection {
+    fn default() -> Self {
+        ListenSection {
+            port: DEFAULT_LISTEN_PORT,
+            addresses: vec![
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+            ],
+        }
+    }
+}
+
+/// What happens to TLS connections whose name is not intercepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtherTraffic {
+    /// Spliced byte for byte to the original destination (and recorded).
+    Passthrough,
+    /// Closed (and recorded).
+    Block,
+}
+
+impl std::str::FromStr for OtherTraffic {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "passthrough" => Ok(OtherTraffic::Passthrough),
+            "block" => Ok(OtherTraffic::Block),
+            other => Err(format!(
+                "`{other}` is not a mode: use `passthrough` or `block`"
+            )),
+        }
+    }
+}
+
+/// `intercept:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InterceptSection {
+    /// SNI patterns to terminate: exact names, or `*.suffix` (one or more labels).
+    pub patterns: Vec<String>,
+    /// `passthrough` (default) or `block` for TLS to names not listed.
+    pub other_traffic: OtherTraffic,
+}
+
+impl Default for InterceptSection {
+    fn default() -> Self {
+        InterceptSection {
+            patterns: DEFAULT_INTERCEPT.iter().map(|s| s.to_string()).collect(),
+            other_traffic: OtherTraffic::Passthrough,
+        }
+    }
+}
+
+/// `tls:` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM file of roots trusted for upstream servers; absent: the system store.
+    pub upstream_roots: Option<PathBuf>,
+}
+
+/// `limits:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Connections handled at once; further accepts wait.
+    pub max_connections: usize,
+    /// How long to wait for a client's ClientHello before closing (fail closed).
+    pub peek_timeout_ms: u64,
+    /// Largest ClientHello accepted.
+    pub max_client_hello_bytes: usize,
+    /// Upstream TCP connect timeout.
+    pub upstream_connect_timeout_ms: u64,
+    /// How long shutdown waits for open connections before closing them.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_connections: 4096,
+            peek_timeout_ms: 5_000,
+            max_client_hello_bytes: 16 * 1024,
+            upstream_connect_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl LimitsSection {
+    /// `peek_timeout_ms` as a duration.
+    pub fn peek_timeout(&self) -> Duration {
+        Duration::from_millis(self.peek_timeout_ms)
+    }
+    /// `upstream_connect_timeout_ms` as a duration.
+    pub fn upstream_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream_connect_timeout_ms)
+    }
+    /// `shutdown_grace_ms` as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+impl Config {
+    /// Reads and parses a YAML file (not yet validated).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses YAML text (not yet validated).
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The record sink setting resolved against the state dir.
+    pub fn records_target(&self) -> String {
+        self.records.clone().unwrap_or_else(|| {
+            self.state_dir
+                .join("connections.jsonl")
+                .display()
+                .to_string()
+        })
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.version != CONFIG_VERSION {
+            return Err(invalid(
+                "version",
+                format!(
+                    "version {} is not supported by this build; set `version: {CONFIG_VERSION}`",
+                    self.version
+                ),
+            ));
+        }
+        let r = &self.redirect;
+        if r.mode == RedirectMode::Ebpf && r.cgroups.is_empty() {
+            return Err(invalid(
+                "redirect.cgroups",
+                "no cgroup to redirect: list the agents' cgroup v2 directories (or pass --cgroup PATH); use the cgroup2 mount itself to redirect the whole host",
+            ));
+        }
+        for (i, cg) in r.cgroups.iter().enumerate() {
+            if cg.as_os_str().is_empty() {
+                return Err(invalid(format!("redirect.cgroups[{i}]"), "empty path"));
+            }
+        }
+        if r.ports.is_empty() {
+            return Err(invalid(
+                "redirect.ports",
+                "no destination port to redirect: Snowflake uses 443",
+            ));
+        }
+        for (i, p) in r.ports.iter().enumerate() {
+            if *p == 0 {
+                return Err(invalid(
+                    format!("redirect.ports[{i}]"),
+                    "0 is not a TCP port; use 1-65535",
+                ));
+            }
+            if *p == self.listen.port {
+                return Err(invalid(
+                    format!("redirect.ports[{i}]"),
+                    format!(
+                        "{p} is also listen.port: redirecting the proxy's own port would loop"
+                    ),
+                ));
+            }
+        }
+        if !r.pin_dir.is_absolute() {
+            return Err(invalid(
+                "redirect.pin_dir",
+                "must be an absolute path on a bpffs mount, e.g. /sys/fs/bpf/tollgate",
+            ));
+        }
+        if r.socket_mark == 0 {
+            return Err(invalid(
+                "redirect.socket_mark",
+                "0 means unmarked; choose a non-zero mark unused on this host",
+            ));
+        }
+        if self.listen.port == 0 {
+            return Err(invalid(
+                "listen.port",
+                "the redirect needs a fixed port; choose one, e.g. 15443",
+            ));
+        }
+        if self.listen.addresses.is_empty() {
+            return Err(invalid(
+                "listen.addresses",
+                "at least one loopback address is needed",
+            ));
+        }
+        for (i, a) in self.listen.addresses.iter().enumerate() {
+            let ok = match a {
+                IpAddr::V4(v4) => *v4 == std::net::Ipv4Addr::LOCALHOST,
+                IpAddr::V6(v6) => *v6 == std::net::Ipv6Addr::LOCALHOST,
+            };
+            if !ok {
+                return Err(invalid(
+                    format!("listen.addresses[{i}]"),
+                    format!("{a} is not 127.0.0.1 or ::1: the redirect rewrites to loopback, and the proxy must not be reachable from the network"),
+                ));
+            }
+        }
+        for (i, p) in self.intercept.patterns.iter().enumerate() {
+            validate_pattern(p).map_err(|m| invalid(format!("intercept.patterns[{i}]"), m))?;
+        }
+        if let Some(roots) = &self.tls.upstream_roots {
+            if !roots.is_file() {
+                return Err(invalid(
+                    "tls.upstream_roots",
+                    format!(
+                        "{} is not a readable file of PEM certificates",
+                        roots.display()
+                    ),
+                ));
+            }
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(invalid("state_dir", "must be an absolute path"));
+        }
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if l.peek_timeout_ms == 0 {
+            return Err(invalid(
+                "limits.peek_timeout_ms",
+                "must be above 0 (milliseconds)",
+            ));
+        }
+        if l.max_client_hello_bytes < 512 {
+            return Err(invalid(
+                "limits.max_client_hello_bytes",
+                "must be at least 512 (real ClientHellos are 200 B to 2 KiB, post-quantum ones larger)",
+            ));
+        }
+        if l.upstream_connect_timeout_ms == 0 {
+            return Err(invalid(
+                "limits.upstream_connect_timeout_ms",
+                "must be above 0 (milliseconds)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks an intercept pattern: a DNS name, or `*.` followed by one.
+pub fn validate_pattern(p: &str) -> Result<(), String> {
+    let name = p.strip_prefix("*.").unwrap_or(p);
+    if name.is_empty() || name.contains('*') {
+        return Err(format!(
+            "`{p}`: use an exact name or `*.` followed by a name (the wildcard only leads)"
+        ));
+    }
+    if name.len() > 253
+        || name.split('.').any(|l| {
+            l.is_empty()
+                || l.len() > 63
+                || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+    {
+        return Err(format!("`{p}` is not a valid DNS name"));
+    }
+    Ok(())
+}
+
+/// Resolves a cgroup setting against the cgroup2 mount: absolute paths stay, relative ones are
+/// joined to the mount.
+pub fn resolve_cgroup(mount: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        mount.join(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_cgroup() -> Config {
+        let mut c = Config::default();
+        c.redirect.cgroups = vec!["agents".into()];
+        c
+    }
+
+    #[test]
+    fn defaults_need_only_a_cgroup() {
+        assert!(Config::default().validate().is_err());
+        with_cgroup().validate().unwrap();
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::from_yaml(
+            r#"
+version: 1
+redirect:
+  mode: ebpf
+  cgroups: [/sys/fs/cgroup/unified/agents, system.slice/ci.service]
+  ports: [443, 8443]
+  proxy_cgroup: tollgate
+  pin_dir: /sys/fs/bpf/tollgate
+  socket_mark: 29799
+listen:
+  port: 15443
+  addresses: [127.0.0.1, "::1"]
+intercept:
+  patterns: ["*.snowflakecomputing.com", exact.example.test]
+  other_traffic: block
+tls:
+  upstream_roots: /etc/ssl/certs/ca-certificates.crt
+state_dir: /var/lib/tollgate
+records: "-"
+limits:
+  max_connections: 100
+  peek_timeout_ms: 2000
+  max_client_hello_bytes: 16384
+  upstream_connect_timeout_ms: 5000
+  shutdown_grace_ms: 1000
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.redirect.ports, vec![443, 8443]);
+        assert_eq!(c.intercept.other_traffic, OtherTraffic::Block);
+        assert_eq!(c.records_target(), "-");
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = Config::from_yaml("redirect:\n  portz: [443]\n").unwrap_err();
+        assert!(e.contains("portz"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_field_and_line() {
+        let e = Config::from_yaml("version: 1\nredirect:\n  ports: [https]\n").unwrap_err();
+        assert!(e.contains("redirect.ports"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+            ("version", Box::new(|c| c.version = 2)),
+            ("redirect.ports[1]", Box::new(|c| c.redirect.ports = vec![443, 0])),
+            ("redirect.ports[0]", Box::new(|c| c.redirect.ports = vec![15443])),
+            ("redirect.pin_dir", Box::new(|c| c.redirect.pin_dir = "rel".into())),
+            ("listen.addresses[0]", Box::new(|c| c.listen.addresses = vec!["0.0.0.0".parse().unwrap()])),
+            ("intercept.patterns[0]", Box::new(|c| c.intercept.patterns = vec!["a.*.com".into()])),
+            ("limits.max_connections", Box::new(|c| c.limits.max_connections = 0)),
+            ("tls.upstream_roots", Box::new(|c| c.tls.upstream_roots = Some("/nonexistent.pem".into()))),
+        ];
+        for (field, mutate) in cases {
+            let mut c = with_cgroup();
+            mutate(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(&format!("`{field}`")), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn patterns() {
+        validate_pattern("*.snowflakecomputing.com").unwrap();
+        validate_pattern("acct.snowflakecomputing.com").unwrap();
+        assert!(validate_pattern("*").is_err());
+        assert!(validate_pattern("a..b").is_err());
+        assert!(validate_pattern("bad_name.com").is_err());
+    }
+}

@@ -1,0 +1,212 @@
+//! `cargo xtask bench`: the foundation's figures, each against a baseline measured in the same
+//! run on the same test host:
+//!
+//! - connect() latency in the target cgroup without the programs, then with them attached, to a
+//!   port that is not redirected and to one that is;
+//! - pass-through throughput vs a direct connection;
+//! - intercepted HTTPS request latency vs direct (one kept-alive connection);
+//! - TLS handshakes per second through Tollgate (cached leaf) vs direct;
+//! - Tollgate's peak RSS while holding 1,000 concurrent intercepted connections.
+//!
+//! Release builds; results printed and written as markdown.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use tollgate_e2e::{place_in_cgroup, Cgroup, Scratch, Service, TestHost, Tollgate, TollgateOpts};
+
+const SF_NAME: &str = "bench.snowflakecomputing.com";
+const OTHER_NAME: &str = "bulk.example.test";
+
+struct Kit {
+    bin: PathBuf,
+}
+
+impl Kit {
+    fn run(&self, cg: &Path, args: &[&str]) -> Result<Value> {
+        let mut c = Command::new(&self.bin);
+        c.args(args);
+        place_in_cgroup(cg, &mut c);
+        let out = c.output().context("running the testkit")?;
+        let s = String::from_utf8_lossy(&out.stdout);
+        let line = s.lines().last().unwrap_or_default();
+        serde_json::from_str(line).with_context(|| {
+            format!(
+                "testkit {args:?} printed {s:?}; stderr {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+}
+
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs the benchmarks.
+pub fn bench(root: &Path, out: &Path) -> Result<()> {
+    let bins = root.join("target/release");
+    std::env::set_var("TOLLGATE_BIN_DIR", &bins);
+    let kit = Kit {
+        bin: bins.join("tollgate-testkit"),
+    };
+    let scratch = Scratch::new("bench")?;
+    let host = TestHost::create()?;
+    let pki = scratch.join("pki");
+    tollgate_e2e::run(Command::new(&kit.bin).args([
+        "gen-ca",
+        "--dir",
+        pki.to_str().unwrap(),
+        "--names",
+        &format!("{SF_NAME},{OTHER_NAME}"),
+    ]))?;
+    let serve = |mode: &str, ports: &[u16], extra: &[&str]| -> Result<Service> {
+        let mut c = host.command(&kit.bin);
+        c.args(["serve", "--mode", mode])
+            .arg("--cert")
+            .arg(pki.join("server.pem"))
+            .arg("--key")
+            .arg(pki.join("server.key"))
+            .args(extra);
+        for p in ports {
+            c.arg("--listen").arg(host.v4(*p).to_string());
+        }
+        let mut s = Service::spawn(c, &scratch.join(&format!("serve-{mode}.log")))?;
+        for _ in ports {
+            s.wait_line(Duration::from_secs(10), |l| l.contains("listening"))?;
+        }
+        Ok(s)
+    };
+    let stream_bytes: u64 = 512 * 1024 * 1024;
+    let stream_s = stream_bytes.to_string();
+    let _https = serve("https", &[443, 8080], &[])?;
+    let _stream = serve("stream", &[9443], &["--send-bytes", &stream_s])?;
+    let top = Cgroup::create(&format!("tollgate-bench-{}", std::process::id()))?;
+    let agents = top.child("agents")?;
+    let sibling = top.child("sibling")?;
+    let test_ca = pki.join("ca.pem");
+    let test_ca = test_ca.to_str().unwrap();
+    let a443 = host.v4(443).to_string();
+    let a8080 = host.v4(8080).to_string();
+    let a9443 = host.v4(9443).to_string();
+    let n_connect = "2000";
+
+    eprintln!("bench: connect() without programs");
+    let c_plain_other = kit.run(&agents.path, &["connect-bench", "--connect", &a8080, "--count", n_connect])?;
+    let c_plain_target = kit.run(&agents.path, &["connect-bench", "--connect", &a443, "--count", n_connect])?;
+
+    eprintln!("bench: direct baselines");
+    let direct_stream = kit.run(
+        &sibling.path,
+        &["client", "--connect", &a9443, "--sni", OTHER_NAME, "--ca", test_ca, "--send-bytes", &stream_s, "--timeout-ms", "300000"],
+    )?;
+    let direct_http = kit.run(
+        &sibling.path,
+        &["http-bench", "--connect", &a443, "--sni", SF_NAME, "--ca", test_ca, "--count", "2000"],
+    )?;
+    let direct_hs = kit.run(
+        &sibling.path,
+        &["handshake-bench", "--connect", &a443, "--sni", SF_NAME, "--ca", test_ca, "--count", "2000"],
+    )?;
+
+    let tg = Tollgate::start(
+        &scratch,
+        TollgateOpts {
+            cgroups: vec![agents.path.clone()],
+            ports: vec![443, 9443],
+            upstream_roots: Some(pki.join("ca.pem")),
+            ..TollgateOpts::default()
+        },
+    )?;
+    let tg_pid = tg.service.as_ref().unwrap().pid();
+    let tg_ca = tg.ca_cert();
+    let tg_ca = tg_ca.to_str().unwrap();
+    let rss_idle = vm_kib(tg_pid, "VmRSS:");
+
+    eprintln!("bench: connect() with programs attached");
+    let c_hook_other = kit.run(&agents.path, &["connect-bench", "--connect", &a8080, "--count", n_connect])?;
+    let c_hook_target = kit.run(&agents.path, &["connect-bench", "--connect", &a443, "--count", n_connect])?;
+
+    eprintln!("bench: through tollgate");
+    let via_stream = kit.run(
+        &agents.path,
+        &["client", "--connect", &a9443, "--sni", OTHER_NAME, "--ca", test_ca, "--send-bytes", &stream_s, "--timeout-ms", "300000"],
+    )?;
+    let via_http = kit.run(
+        &agents.path,
+        &["http-bench", "--connect", &a443, "--sni", SF_NAME, "--ca", tg_ca, "--count", "2000"],
+    )?;
+    let via_hs = kit.run(
+        &agents.path,
+        &["handshake-bench", "--connect", &a443, "--sni", SF_NAME, "--ca", tg_ca, "--count", "2000"],
+    )?;
+
+    eprintln!("bench: 1,000 concurrent intercepted connections");
+    let mut hold = Command::new(&kit.bin);
+    hold.args(["hold", "--connect", &a443, "--sni", SF_NAME, "--ca", tg_ca, "--count", "1000", "--hold-ms", "3000"]);
+    place_in_cgroup(&agents.path, &mut hold);
+    let mut holder = Service::spawn(hold, &scratch.join("hold.log"))?;
+    let held: Value = serde_json::from_str(&holder.wait_line(Duration::from_secs(120), |l| l.contains("held"))?)?;
+    let rss_held = vm_kib(tg_pid, "VmRSS:");
+    let hwm = vm_kib(tg_pid, "VmHWM:");
+    holder.wait_exit(Duration::from_secs(30))?;
+
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let mbps = |v: &Value| 2.0 * stream_bytes as f64 / 1048576.0 / (f(v, "elapsed_ms") / 1000.0);
+    let mut md = String::new();
+    writeln!(md, "# Foundation benchmarks\n")?;
+    writeln!(
+        md,
+        "`cargo xtask bench` (release build), {} on this machine ({} cores). Baselines in the same run, same test host.\n",
+        chrono_now(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    )?;
+    writeln!(md, "| figure | baseline | with Tollgate | ratio |")?;
+    writeln!(md, "|---|---|---|---|")?;
+    let row = |md: &mut String, name: &str, base: f64, with: f64, unit: &str| {
+        let _ = writeln!(md, "| {name} | {base:.1} {unit} | {with:.1} {unit} | {:.2}× |", with / base);
+    };
+    row(&mut md, "connect() p50, port not redirected (no programs → programs attached)", f(&c_plain_other, "p50_us"), f(&c_hook_other, "p50_us"), "µs");
+    row(&mut md, "connect() p99, port not redirected", f(&c_plain_other, "p99_us"), f(&c_hook_other, "p99_us"), "µs");
+    row(&mut md, "connect() p50, redirected port (direct to test host → redirected to proxy)", f(&c_plain_target, "p50_us"), f(&c_hook_target, "p50_us"), "µs");
+    row(&mut md, "connect() p99, redirected port", f(&c_plain_target, "p99_us"), f(&c_hook_target, "p99_us"), "µs");
+    row(&mut md, "pass-through throughput (512 MiB each way, TLS end to end)", mbps(&direct_stream), mbps(&via_stream), "MiB/s");
+    row(&mut md, "HTTPS request latency p50 (kept-alive, intercepted)", f(&direct_http, "p50_us"), f(&via_http, "p50_us"), "µs");
+    row(&mut md, "HTTPS request latency p99", f(&direct_http, "p99_us"), f(&via_http, "p99_us"), "µs");
+    row(&mut md, "TLS handshakes per second (8 in flight; cached leaf)", f(&direct_hs, "per_second"), f(&via_hs, "per_second"), "/s");
+    writeln!(md)?;
+    writeln!(
+        md,
+        "Memory: Tollgate RSS idle {:.1} MiB; holding {} concurrent intercepted TLS connections ({} failed) {:.1} MiB; peak (VmHWM) {:.1} MiB — {:.1} KiB per connection.",
+        rss_idle as f64 / 1024.0,
+        held["open"],
+        held["failed"],
+        rss_held as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        (rss_held.saturating_sub(rss_idle)) as f64 / held["open"].as_f64().unwrap_or(1.0)
+    )?;
+    writeln!(md, "\nAdded latency per intercepted request (p50): {:.0} µs.", f(&via_http, "p50_us") - f(&direct_http, "p50_us"))?;
+    println!("{md}");
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, &md)?;
+    eprintln!("bench: written to {}", out.display());
+    drop(tg);
+    Ok(())
+}
+
+fn chrono_now() -> String {
+    let out = Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
