@@ -101,21 +101,59 @@ pub fn bench(root: &Path, out: &Path) -> Result<()> {
     let n_connect = "2000";
 
     eprintln!("bench: connect() without programs");
-    let c_plain_other = kit.run(&agents.path, &["connect-bench", "--connect", &a8080, "--count", n_connect])?;
-    let c_plain_target = kit.run(&agents.path, &["connect-bench", "--connect", &a443, "--count", n_connect])?;
+    let c_plain_other = kit.run(
+        &agents.path,
+        &["connect-bench", "--connect", &a8080, "--count", n_connect],
+    )?;
+    let c_plain_target = kit.run(
+        &agents.path,
+        &["connect-bench", "--connect", &a443, "--count", n_connect],
+    )?;
 
     eprintln!("bench: direct baselines");
     let direct_stream = kit.run(
         &sibling.path,
-        &["client", "--connect", &a9443, "--sni", OTHER_NAME, "--ca", test_ca, "--send-bytes", &stream_s, "--timeout-ms", "300000"],
+        &[
+            "client",
+            "--connect",
+            &a9443,
+            "--sni",
+            OTHER_NAME,
+            "--ca",
+            test_ca,
+            "--send-bytes",
+            &stream_s,
+            "--timeout-ms",
+            "300000",
+        ],
     )?;
     let direct_http = kit.run(
         &sibling.path,
-        &["http-bench", "--connect", &a443, "--sni", SF_NAME, "--ca", test_ca, "--count", "2000"],
+        &[
+            "http-bench",
+            "--connect",
+            &a443,
+            "--sni",
+            SF_NAME,
+            "--ca",
+            test_ca,
+            "--count",
+            "2000",
+        ],
     )?;
     let direct_hs = kit.run(
         &sibling.path,
-        &["handshake-bench", "--connect", &a443, "--sni", SF_NAME, "--ca", test_ca, "--count", "2000"],
+        &[
+            "handshake-bench",
+            "--connect",
+            &a443,
+            "--sni",
+            SF_NAME,
+            "--ca",
+            test_ca,
+            "--count",
+            "2000",
+        ],
     )?;
 
     let tg = Tollgate::start(
@@ -133,29 +171,80 @@ pub fn bench(root: &Path, out: &Path) -> Result<()> {
     let rss_idle = vm_kib(tg_pid, "VmRSS:");
 
     eprintln!("bench: connect() with programs attached");
-    let c_hook_other = kit.run(&agents.path, &["connect-bench", "--connect", &a8080, "--count", n_connect])?;
-    let c_hook_target = kit.run(&agents.path, &["connect-bench", "--connect", &a443, "--count", n_connect])?;
+    let c_hook_other = kit.run(
+        &agents.path,
+        &["connect-bench", "--connect", &a8080, "--count", n_connect],
+    )?;
+    let c_hook_target = kit.run(
+        &agents.path,
+        &["connect-bench", "--connect", &a443, "--count", n_connect],
+    )?;
 
     eprintln!("bench: through tollgate");
     let via_stream = kit.run(
         &agents.path,
-        &["client", "--connect", &a9443, "--sni", OTHER_NAME, "--ca", test_ca, "--send-bytes", &stream_s, "--timeout-ms", "300000"],
+        &[
+            "client",
+            "--connect",
+            &a9443,
+            "--sni",
+            OTHER_NAME,
+            "--ca",
+            test_ca,
+            "--send-bytes",
+            &stream_s,
+            "--timeout-ms",
+            "300000",
+        ],
     )?;
     let via_http = kit.run(
         &agents.path,
-        &["http-bench", "--connect", &a443, "--sni", SF_NAME, "--ca", tg_ca, "--count", "2000"],
+        &[
+            "http-bench",
+            "--connect",
+            &a443,
+            "--sni",
+            SF_NAME,
+            "--ca",
+            tg_ca,
+            "--count",
+            "2000",
+        ],
     )?;
     let via_hs = kit.run(
         &agents.path,
-        &["handshake-bench", "--connect", &a443, "--sni", SF_NAME, "--ca", tg_ca, "--count", "2000"],
+        &[
+            "handshake-bench",
+            "--connect",
+            &a443,
+            "--sni",
+            SF_NAME,
+            "--ca",
+            tg_ca,
+            "--count",
+            "2000",
+        ],
     )?;
 
     eprintln!("bench: 1,000 concurrent intercepted connections");
     let mut hold = Command::new(&kit.bin);
-    hold.args(["hold", "--connect", &a443, "--sni", SF_NAME, "--ca", tg_ca, "--count", "1000", "--hold-ms", "3000"]);
+    hold.args([
+        "hold",
+        "--connect",
+        &a443,
+        "--sni",
+        SF_NAME,
+        "--ca",
+        tg_ca,
+        "--count",
+        "1000",
+        "--hold-ms",
+        "3000",
+    ]);
     place_in_cgroup(&agents.path, &mut hold);
     let mut holder = Service::spawn(hold, &scratch.join("hold.log"))?;
-    let held: Value = serde_json::from_str(&holder.wait_line(Duration::from_secs(120), |l| l.contains("held"))?)?;
+    let held: Value =
+        serde_json::from_str(&holder.wait_line(Duration::from_secs(120), |l| l.contains("held"))?)?;
     let rss_held = vm_kib(tg_pid, "VmRSS:");
     let hwm = vm_kib(tg_pid, "VmHWM:");
     holder.wait_exit(Duration::from_secs(30))?;
@@ -173,16 +262,68 @@ pub fn bench(root: &Path, out: &Path) -> Result<()> {
     writeln!(md, "| figure | baseline | with Tollgate | ratio |")?;
     writeln!(md, "|---|---|---|---|")?;
     let row = |md: &mut String, name: &str, base: f64, with: f64, unit: &str| {
-        let _ = writeln!(md, "| {name} | {base:.1} {unit} | {with:.1} {unit} | {:.2}× |", with / base);
+        let _ = writeln!(
+            md,
+            "| {name} | {base:.1} {unit} | {with:.1} {unit} | {:.2}× |",
+            with / base
+        );
     };
-    row(&mut md, "connect() p50, port not redirected (no programs → programs attached)", f(&c_plain_other, "p50_us"), f(&c_hook_other, "p50_us"), "µs");
-    row(&mut md, "connect() p99, port not redirected", f(&c_plain_other, "p99_us"), f(&c_hook_other, "p99_us"), "µs");
-    row(&mut md, "connect() p50, redirected port (direct to test host → redirected to proxy)", f(&c_plain_target, "p50_us"), f(&c_hook_target, "p50_us"), "µs");
-    row(&mut md, "connect() p99, redirected port", f(&c_plain_target, "p99_us"), f(&c_hook_target, "p99_us"), "µs");
-    row(&mut md, "pass-through throughput (512 MiB each way, TLS end to end)", mbps(&direct_stream), mbps(&via_stream), "MiB/s");
-    row(&mut md, "HTTPS request latency p50 (kept-alive, intercepted)", f(&direct_http, "p50_us"), f(&via_http, "p50_us"), "µs");
-    row(&mut md, "HTTPS request latency p99", f(&direct_http, "p99_us"), f(&via_http, "p99_us"), "µs");
-    row(&mut md, "TLS handshakes per second (8 in flight; cached leaf)", f(&direct_hs, "per_second"), f(&via_hs, "per_second"), "/s");
+    row(
+        &mut md,
+        "connect() p50, port not redirected (no programs → programs attached)",
+        f(&c_plain_other, "p50_us"),
+        f(&c_hook_other, "p50_us"),
+        "µs",
+    );
+    row(
+        &mut md,
+        "connect() p99, port not redirected",
+        f(&c_plain_other, "p99_us"),
+        f(&c_hook_other, "p99_us"),
+        "µs",
+    );
+    row(
+        &mut md,
+        "connect() p50, redirected port (direct to test host → redirected to proxy)",
+        f(&c_plain_target, "p50_us"),
+        f(&c_hook_target, "p50_us"),
+        "µs",
+    );
+    row(
+        &mut md,
+        "connect() p99, redirected port",
+        f(&c_plain_target, "p99_us"),
+        f(&c_hook_target, "p99_us"),
+        "µs",
+    );
+    row(
+        &mut md,
+        "pass-through throughput (512 MiB each way, TLS end to end)",
+        mbps(&direct_stream),
+        mbps(&via_stream),
+        "MiB/s",
+    );
+    row(
+        &mut md,
+        "HTTPS request latency p50 (kept-alive, intercepted)",
+        f(&direct_http, "p50_us"),
+        f(&via_http, "p50_us"),
+        "µs",
+    );
+    row(
+        &mut md,
+        "HTTPS request latency p99",
+        f(&direct_http, "p99_us"),
+        f(&via_http, "p99_us"),
+        "µs",
+    );
+    row(
+        &mut md,
+        "TLS handshakes per second (8 in flight; cached leaf)",
+        f(&direct_hs, "per_second"),
+        f(&via_hs, "per_second"),
+        "/s",
+    );
     writeln!(md)?;
     writeln!(
         md,
@@ -194,7 +335,11 @@ pub fn bench(root: &Path, out: &Path) -> Result<()> {
         hwm as f64 / 1024.0,
         (rss_held.saturating_sub(rss_idle)) as f64 / held["open"].as_f64().unwrap_or(1.0)
     )?;
-    writeln!(md, "\nAdded latency per intercepted request (p50): {:.0} µs.", f(&via_http, "p50_us") - f(&direct_http, "p50_us"))?;
+    writeln!(
+        md,
+        "\nAdded latency per intercepted request (p50): {:.0} µs.",
+        f(&via_http, "p50_us") - f(&direct_http, "p50_us")
+    )?;
     println!("{md}");
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
@@ -206,7 +351,10 @@ pub fn bench(root: &Path, out: &Path) -> Result<()> {
 }
 
 fn chrono_now() -> String {
-    let out = Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output();
+    let out = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output();
     out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
 }

@@ -57,7 +57,9 @@ pub fn demo(root: &Path) -> Result<()> {
         host.name, host.ip4
     );
 
-    step("Tollgate starts: eBPF redirect on the agents cgroup, TLS interception for Snowflake names");
+    step(
+        "Tollgate starts: eBPF redirect on the agents cgroup, TLS interception for Snowflake names",
+    );
     let top = Cgroup::create(&format!("tollgate-demo-{}", std::process::id()))?;
     let agents = top.child("agents")?;
     let mut tollgate = Tollgate::start(
@@ -94,11 +96,7 @@ pub fn demo(root: &Path) -> Result<()> {
     let bundle = scratch.join("agent-ca-bundle.pem");
     fs::write(
         &bundle,
-        [
-            fs::read(pki.join("ca.pem"))?,
-            fs::read(tollgate.ca_cert())?,
-        ]
-        .concat(),
+        [fs::read(pki.join("ca.pem"))?, fs::read(tollgate.ca_cert())?].concat(),
     )?;
     let hosts = scratch.join("hosts");
     fs::write(
@@ -137,18 +135,30 @@ pub fn demo(root: &Path) -> Result<()> {
         ))
     };
 
-    step(&format!("The agent (curl, unmodified) calls https://{SNOWFLAKE_HOST}: intercepted"));
-    let (ok, out) = agent(&format!("https://{SNOWFLAKE_HOST}/session/v1/login-request"))?;
+    step(&format!(
+        "The agent (curl, unmodified) calls https://{SNOWFLAKE_HOST}: intercepted"
+    ));
+    let (ok, out) = agent(&format!(
+        "https://{SNOWFLAKE_HOST}/session/v1/login-request"
+    ))?;
     println!("   {out}");
     if !ok {
-        bail!("the intercepted request failed; tollgate log:\n{}", tollgate.log());
+        bail!(
+            "the intercepted request failed; tollgate log:\n{}",
+            tollgate.log()
+        );
     }
 
-    step(&format!("The agent calls https://{OTHER_HOST}: passed through byte for byte"));
+    step(&format!(
+        "The agent calls https://{OTHER_HOST}: passed through byte for byte"
+    ));
     let (ok, out) = agent(&format!("https://{OTHER_HOST}/status"))?;
     println!("   {out}");
     if !ok {
-        bail!("the pass-through request failed; tollgate log:\n{}", tollgate.log());
+        bail!(
+            "the pass-through request failed; tollgate log:\n{}",
+            tollgate.log()
+        );
     }
 
     step("Connection records (one JSON line per connection)");
@@ -172,7 +182,9 @@ pub fn demo(root: &Path) -> Result<()> {
     step("Fail closed: SIGKILL tollgate; the agent's next connection is refused, never direct");
     tollgate.kill();
     let seen_before = standin.lines().len();
-    let (ok, out) = agent(&format!("https://{SNOWFLAKE_HOST}/session/v1/login-request"))?;
+    let (ok, out) = agent(&format!(
+        "https://{SNOWFLAKE_HOST}/session/v1/login-request"
+    ))?;
     println!("   {out}");
     if ok {
         bail!("the agent reached the stand-in while tollgate was down");
@@ -185,7 +197,9 @@ pub fn demo(root: &Path) -> Result<()> {
 
     step("Restart: interception resumes, links are replaced, not duplicated");
     tollgate.restart()?;
-    let (ok, out) = agent(&format!("https://{SNOWFLAKE_HOST}/session/v1/login-request"))?;
+    let (ok, out) = agent(&format!(
+        "https://{SNOWFLAKE_HOST}/session/v1/login-request"
+    ))?;
     println!("   {out}");
     if !ok {
         bail!("the request after restart failed");

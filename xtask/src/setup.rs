@@ -117,7 +117,10 @@ fn bpffs() -> Result<()> {
 
 fn cgroup2() -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts")?;
-    if mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("cgroup2")) {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
+    {
         return Ok(());
     }
     std::fs::create_dir_all("/sys/fs/cgroup/unified")

@@ -1,1 +1,46 @@
-//! stub
+//! Tollgate's data path: the tokio/rustls/hyper glue between redirected client connections
+//! and the real servers.
+//!
+//! For every accepted connection the [`Proxy`] finds the original destination
+//! (`SO_ORIGINAL_DST`, emulated by the eBPF hooks), takes the process identity recorded at
+//! `connect()` through [`Redirects`], peeks the TLS ClientHello (parsed by the pure
+//! `tollgate-wire` crate) and lets the [`SniGate`] decide: pass the bytes through unchanged,
+//! block, or intercept — terminate TLS with a leaf minted by the [`CertificateAuthority`],
+//! relay HTTP/1.1 or HTTP/2 through [`ExchangeHooks`] to a verified TLS connection to the
+//! real server. Each connection ends in one [`ConnectionRecord`] written by a [`RecordSink`].
+//!
+//! What it does not do: load or talk to eBPF (the binary supplies a [`Redirects`] backed by
+//! the maps), parse Snowflake requests or apply policy (that plugs in through
+//! [`ExchangeHooks`]), or read configuration files ([`ProxyConfig`] is a plain struct).
+//! It never disables upstream certificate verification and never logs payloads, tokens or
+//! keys.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod ca;
+pub mod config;
+mod counting;
+pub mod gate;
+pub mod hooks;
+pub mod identity;
+mod intercept;
+mod listener;
+pub mod orig_dst;
+mod passthrough;
+pub mod peek;
+pub mod record;
+pub mod server;
+mod sockopt;
+pub mod upstream;
+
+pub use ca::{CaError, CertificateAuthority, LeafResolver};
+pub use config::ProxyConfig;
+pub use gate::{GateAction, GateError, SniGate, SniPattern};
+pub use hooks::{
+    ConnectionContext, Exchange, ExchangeHooks, HookFuture, PassThroughHooks, ProxyBody,
+    RequestAction,
+};
+pub use identity::{KernelRedirectsOnly, ProcFs, ProcessIdentity, Redirects};
+pub use record::{ConnectionRecord, Decision, RecordSink, RecordSinkError};
+pub use server::{BoundProxy, Proxy, ProxyError, ProxyStats};
+pub use upstream::{UpstreamTls, UpstreamTlsError};

@@ -1,1 +1,24 @@
-//! stub
+//! Pure parsers for the bytes Tollgate sees on the wire.
+//!
+//! Today this crate parses the first flight of a TLS client — the ClientHello — far enough to
+//! route a connection: the SNI host name, the offered ALPN protocols and the versions. It is
+//! written for a proxy that *peeks*: [`parse_client_hello`] takes whatever prefix of the stream
+//! has arrived and says either "here is the hello", "not TLS", "malformed (why)" or
+//! "incomplete, read more" — the last one is cheap so that the caller can simply retry after
+//! every read.
+//!
+//! What it does not do: no I/O (no sockets, no async runtime, no timeouts — the caller owns
+//! those), no cryptography, no validation of cipher suites or key shares, no TLS state machine.
+//! It never allocates more than the ClientHello it returns and never panics on any input
+//! (property-tested and fuzzed, see `fuzz/`).
+//!
+//! The Snowflake wire model (login, query and result bodies) will live here too, equally pure.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client_hello;
+
+pub use client_hello::{
+    parse_client_hello, parse_client_hello_with_limit, ClientHello, HelloError, MalformedReason,
+    DEFAULT_MAX_CLIENT_HELLO_LEN,
+};

@@ -19,8 +19,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/tollgate";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/tollgate";
 /// The proxy's listener port on loopback by default.
 pub const DEFAULT_LISTEN_PORT: u16 = 15443;
-/// Default SO_MARK on Tollgate's own upstream sockets (ASCII "tg").
-pub const DEFAULT_SOCKET_MARK: u32 = 0x7467;
+/// Default SO_MARK on Tollgate's own upstream sockets (ASCII "toll").
+pub const DEFAULT_SOCKET_MARK: u32 = tollgate_bpf::DEFAULT_SOCKET_MARK;
 
 /// The names Tollgate terminates TLS for when no list is configured: Snowflake's public,
 /// China and PrivateLink endpoints.
@@ -330,9 +330,7 @@ impl Config {
             if *p == self.listen.port {
                 return Err(invalid(
                     format!("redirect.ports[{i}]"),
-                    format!(
-                        "{p} is also listen.port: redirecting the proxy's own port would loop"
-                    ),
+                    format!("{p} is also listen.port: redirecting the proxy's own port would loop"),
                 ));
             }
         }
@@ -472,7 +470,7 @@ redirect:
   ports: [443, 8443]
   proxy_cgroup: tollgate
   pin_dir: /sys/fs/bpf/tollgate
-  socket_mark: 29799
+  socket_mark: 1953459308
 listen:
   port: 15443
   addresses: [127.0.0.1, "::1"]
@@ -514,13 +512,34 @@ limits:
     fn invalid_values_name_their_field() {
         let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
             ("version", Box::new(|c| c.version = 2)),
-            ("redirect.ports[1]", Box::new(|c| c.redirect.ports = vec![443, 0])),
-            ("redirect.ports[0]", Box::new(|c| c.redirect.ports = vec![15443])),
-            ("redirect.pin_dir", Box::new(|c| c.redirect.pin_dir = "rel".into())),
-            ("listen.addresses[0]", Box::new(|c| c.listen.addresses = vec!["0.0.0.0".parse().unwrap()])),
-            ("intercept.patterns[0]", Box::new(|c| c.intercept.patterns = vec!["a.*.com".into()])),
-            ("limits.max_connections", Box::new(|c| c.limits.max_connections = 0)),
-            ("tls.upstream_roots", Box::new(|c| c.tls.upstream_roots = Some("/nonexistent.pem".into()))),
+            (
+                "redirect.ports[1]",
+                Box::new(|c| c.redirect.ports = vec![443, 0]),
+            ),
+            (
+                "redirect.ports[0]",
+                Box::new(|c| c.redirect.ports = vec![15443]),
+            ),
+            (
+                "redirect.pin_dir",
+                Box::new(|c| c.redirect.pin_dir = "rel".into()),
+            ),
+            (
+                "listen.addresses[0]",
+                Box::new(|c| c.listen.addresses = vec!["0.0.0.0".parse().unwrap()]),
+            ),
+            (
+                "intercept.patterns[0]",
+                Box::new(|c| c.intercept.patterns = vec!["a.*.com".into()]),
+            ),
+            (
+                "limits.max_connections",
+                Box::new(|c| c.limits.max_connections = 0),
+            ),
+            (
+                "tls.upstream_roots",
+                Box::new(|c| c.tls.upstream_roots = Some("/nonexistent.pem".into())),
+            ),
         ];
         for (field, mutate) in cases {
             let mut c = with_cgroup();

@@ -235,12 +235,14 @@ fn gen_ca(dir: &PathBuf, names: &[String]) -> Result<()> {
     let ca_cert = ca.self_signed(&ca_key)?;
     let mut leaf = CertificateParams::new(Vec::<String>::new())?;
     for n in names {
-        leaf.subject_alt_names.push(match n.parse::<std::net::IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(n.clone().try_into()?),
-        });
+        leaf.subject_alt_names
+            .push(match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(n.clone().try_into()?),
+            });
     }
-    leaf.distinguished_name.push(DnType::CommonName, "test host");
+    leaf.distinguished_name
+        .push(DnType::CommonName, "test host");
     let leaf_key = KeyPair::generate()?;
     let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key)?;
     std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
@@ -274,7 +276,10 @@ async fn serve(
     let mut tasks = Vec::new();
     for addr in listen {
         let l = bind(addr)?;
-        println!("{}", json!({"event": "listening", "addr": l.local_addr()?.to_string()}));
+        println!(
+            "{}",
+            json!({"event": "listening", "addr": l.local_addr()?.to_string()})
+        );
         let acceptor = acceptor.clone();
         tasks.push(tokio::spawn(async move {
             loop {
@@ -320,8 +325,7 @@ fn bind(addr: SocketAddr) -> Result<TcpListener> {
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     sock.set_reuseaddr(true)?;
-    sock.bind(addr)
-        .with_context(|| format!("binding {addr}"))?;
+    sock.bind(addr).with_context(|| format!("binding {addr}"))?;
     Ok(sock.listen(1024)?)
 }
 

@@ -1,0 +1,381 @@
+//! Loading, pinning and attaching: [`Redirector::attach`], and the identity lookup.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    net::SocketAddr,
+    os::fd::{AsFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, HashMap, Map, MapData, MapInfo, MapType},
+    programs::{CgroupSockAddr, CgroupSockopt, SockOps},
+    Ebpf, EbpfLoader,
+};
+use tollgate_common::{
+    ClientKey, ConnectRecord, ProxyConfig, CONFIG_FLAG_ENABLED, MAP_CONFIG, MAP_NAMES,
+    MAP_ORIG_DST, MAP_PENDING, MAP_TARGET_PORTS, ORIG_DST_MAX_ENTRIES, PENDING_MAX_ENTRIES,
+    TARGET_PORTS_MAX_ENTRIES,
+};
+
+use crate::{
+    host::{self, cgroup_id},
+    pins::{pin_replace, Hook, PinLayout},
+    sys, BpfError, ConnectInfo, RedirectConfig,
+};
+
+/// The eBPF object built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate"));
+
+/// A loaded and attached redirect. Dropping it leaves the redirect in force (links, programs
+/// and maps are pinned); only [`crate::detach`] removes it.
+pub struct Redirector {
+    // Keeps the object's own map and program fds open while the proxy runs.
+    _ebpf: Ebpf,
+    orig_dst: MapData,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    pin_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Redirector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redirector")
+            .field("pin_dir", &self.pin_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Redirector {
+    /// Loads the programs, reuses (or creates) the pinned maps, writes the configuration and
+    /// attaches every hook as a pinned link, replacing the links of a previous run without a
+    /// gap. Cgroups pinned by a previous run that `cfg` no longer lists are detached.
+    ///
+    /// Runs [`crate::preflight`] first.
+    pub fn attach(cfg: &RedirectConfig) -> Result<Self, BpfError> {
+        crate::preflight(cfg)?;
+        if OBJECT.is_empty() {
+            return Err(BpfError::ObjectMissing);
+        }
+        let layout = PinLayout::new(&cfg.pin_dir);
+        layout.create_dirs()?;
+        drop_incompatible_map_pins(&layout);
+
+        let map_paths: Vec<(&str, PathBuf)> = MAP_NAMES
+            .iter()
+            .map(|name| (*name, layout.map(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(BpfError::Load)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                log::debug!("eBPF logging unavailable: {e}");
+                None
+            }
+        };
+
+        // The maps are shared with the links of a previous run, which keep running until they
+        // are replaced: writing the configuration first makes them use it too.
+        write_config(&mut ebpf, cfg)?;
+
+        let mut progs = Vec::with_capacity(Hook::ALL.len());
+        for hook in Hook::ALL {
+            let fd = load_program(&mut ebpf, hook)?;
+            pin_replace(fd.as_fd(), &layout.prog(hook))?;
+            progs.push((hook, fd));
+        }
+        let prog_fd = |hook: Hook| {
+            progs
+                .iter()
+                .find(|(h, _)| *h == hook)
+                .map(|(_, fd)| fd.as_fd())
+                .expect("every hook was loaded above")
+        };
+
+        let mut wanted = BTreeSet::new();
+        let mut targets: Vec<(Hook, &Path)> = Vec::new();
+        for cgroup in &cfg.cgroups {
+            for hook in Hook::TARGET {
+                targets.push((hook, cgroup));
+            }
+        }
+        targets.push((Hook::Getsockopt, &cfg.proxy_cgroup));
+        for (hook, cgroup) in targets {
+            let id = cgroup_id(cgroup).map_err(|source| BpfError::CgroupMissing {
+                path: cgroup.to_owned(),
+                source,
+            })?;
+            if !wanted.insert((hook, id)) {
+                continue; // the same cgroup listed twice
+            }
+            attach_link(&layout, hook, prog_fd(hook), cgroup, id)?;
+        }
+        detach_unwanted(&layout, &wanted)?;
+
+        let orig_dst = match ebpf.take_map(MAP_ORIG_DST) {
+            Some(Map::LruHashMap(data)) => data,
+            _ => {
+                return Err(BpfError::Map {
+                    map: MAP_ORIG_DST,
+                    source: aya::maps::MapError::InvalidName {
+                        name: MAP_ORIG_DST.into(),
+                    },
+                })
+            }
+        };
+        log::info!(
+            "redirect attached: {} links pinned under {}, listener port {}",
+            wanted.len(),
+            cfg.pin_dir.display(),
+            cfg.listen_port
+        );
+        Ok(Self {
+            _ebpf: ebpf,
+            orig_dst,
+            logger,
+            pin_dir: cfg.pin_dir.clone(),
+        })
+    }
+
+    /// Reads and removes the record of the redirected connection whose client end is `client`
+    /// (the peer address of a socket the proxy accepted). IPv4 and IPv4-mapped IPv6 client
+    /// addresses find the same record.
+    ///
+    /// Call it after `getsockopt(SO_ORIGINAL_DST)`, which reads the same record without
+    /// removing it. `None` when no redirect is known for that client (a direct connection to
+    /// the listener, or a record evicted under load).
+    pub fn lookup(&self, client: SocketAddr) -> Option<ConnectInfo> {
+        let key = client_key(client);
+        match sys::map_lookup_and_delete::<ClientKey, ConnectRecord>(
+            self.orig_dst.fd().as_fd(),
+            &key,
+        ) {
+            Ok(record) => record.map(ConnectInfo::from),
+            Err(e) => {
+                log::warn!("ORIG_DST lookup for {client} failed: {e}");
+                None
+            }
+        }
+    }
+
+    /// Forwards the log records the eBPF programs produced (map insert failures) to the `log`
+    /// crate. Call it now and then, or when [`Redirector::log_fd`] is readable.
+    pub fn flush_kernel_logs(&mut self) {
+        if let Some(logger) = &mut self.logger {
+            logger.flush();
+        }
+    }
+
+    /// A file descriptor that becomes readable when the eBPF programs have logged something.
+    pub fn log_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.logger.as_ref().map(|l| l.as_fd())
+    }
+
+    /// The pin directory this redirect lives in.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+}
+
+/// The ORIG_DST key of a client address: IPv4 as IPv4-mapped IPv6.
+pub(crate) fn client_key(client: SocketAddr) -> ClientKey {
+    match client {
+        SocketAddr::V4(v4) => ClientKey::from_v4(v4.ip().octets(), v4.port()),
+        SocketAddr::V6(v6) => ClientKey::from_v6(v6.ip().octets(), v6.port()),
+    }
+}
+
+/// (type, key size, value size, max entries) each map must have for the pin to be reused.
+pub(crate) fn expected_map_shape(name: &str) -> Option<(MapType, u32, u32, u32)> {
+    use std::mem::size_of;
+    Some(match name {
+        MAP_CONFIG => (MapType::Array, 4, size_of::<ProxyConfig>() as u32, 1),
+        MAP_TARGET_PORTS => (MapType::Hash, 2, 1, TARGET_PORTS_MAX_ENTRIES),
+        MAP_PENDING => (
+            MapType::LruHash,
+            8,
+            size_of::<ConnectRecord>() as u32,
+            PENDING_MAX_ENTRIES,
+        ),
+        MAP_ORIG_DST => (
+            MapType::LruHash,
+            size_of::<ClientKey>() as u32,
+            size_of::<ConnectRecord>() as u32,
+            ORIG_DST_MAX_ENTRIES,
+        ),
+        _ => return None,
+    })
+}
+
+/// aya reuses any object pinned at a map's path without checking it. A pin from a version
+/// with another ABI would make the new programs read garbage: unpin it so a fresh map is
+/// created. The old links keep the old map alive until they are replaced a moment later.
+fn drop_incompatible_map_pins(layout: &PinLayout) {
+    for name in MAP_NAMES {
+        let path = layout.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let Some((ty, key, value, max)) = expected_map_shape(name) else {
+            continue;
+        };
+        let compatible = MapInfo::from_pin(&path).is_ok_and(|info| {
+            info.map_type().is_ok_and(|t| t == ty)
+                && info.key_size() == key
+                && info.value_size() == value
+                && info.max_entries() == max
+        });
+        if !compatible {
+            log::warn!(
+                "pinned map {} does not match this version's ABI; replacing it (its entries are lost)",
+                path.display()
+            );
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
+fn write_config(ebpf: &mut Ebpf, cfg: &RedirectConfig) -> Result<(), BpfError> {
+    let proxy_cgroup_id =
+        cgroup_id(&cfg.proxy_cgroup).map_err(|source| BpfError::CgroupMissing {
+            path: cfg.proxy_cgroup.clone(),
+            source,
+        })?;
+    let value = ProxyConfig {
+        proxy_tgid: cfg.proxy_tgid,
+        proxy_cgroup_id,
+        mark: cfg.mark,
+        flags: CONFIG_FLAG_ENABLED,
+        ..ProxyConfig::default()
+    }
+    .with_loopback_listener(cfg.listen_port);
+
+    let map_err = |map, source| BpfError::Map { map, source };
+    let mut config: Array<_, ProxyConfig> = ebpf
+        .map_mut(MAP_CONFIG)
+        .ok_or_else(|| missing_map(MAP_CONFIG))?
+        .try_into()
+        .map_err(|e| map_err(MAP_CONFIG, e))?;
+    config
+        .set(0, value, 0)
+        .map_err(|e| map_err(MAP_CONFIG, e))?;
+
+    let mut ports: HashMap<_, u16, u8> = ebpf
+        .map_mut(MAP_TARGET_PORTS)
+        .ok_or_else(|| missing_map(MAP_TARGET_PORTS))?
+        .try_into()
+        .map_err(|e| map_err(MAP_TARGET_PORTS, e))?;
+    // Add before removing: a port listed both times is never absent.
+    for port in &cfg.ports {
+        ports
+            .insert(port, 1, 0)
+            .map_err(|e| map_err(MAP_TARGET_PORTS, e))?;
+    }
+    let stale: Vec<u16> = ports
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|p| !cfg.ports.contains(p))
+        .collect();
+    for port in stale {
+        ports
+            .remove(&port)
+            .map_err(|e| map_err(MAP_TARGET_PORTS, e))?;
+    }
+    Ok(())
+}
+
+fn missing_map(name: &'static str) -> BpfError {
+    BpfError::Map {
+        map: name,
+        source: aya::maps::MapError::InvalidName { name: name.into() },
+    }
+}
+
+/// Loads the program of `hook` and returns a dup of its fd (aya keeps its own).
+fn load_program(ebpf: &mut Ebpf, hook: Hook) -> Result<OwnedFd, BpfError> {
+    let program = hook.program();
+    let err = |source| BpfError::Program { program, source };
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or(aya::programs::ProgramError::NotLoaded)
+        .map_err(err)?;
+    let fd = match hook {
+        Hook::Connect4 | Hook::Connect6 => {
+            let p: &mut CgroupSockAddr = prog.try_into().map_err(err)?;
+            p.load().map_err(err)?;
+            p.fd().map_err(err)?.as_fd().try_clone_to_owned()
+        }
+        Hook::Sockops => {
+            let p: &mut SockOps = prog.try_into().map_err(err)?;
+            p.load().map_err(err)?;
+            p.fd().map_err(err)?.as_fd().try_clone_to_owned()
+        }
+        Hook::Getsockopt => {
+            let p: &mut CgroupSockopt = prog.try_into().map_err(err)?;
+            p.load().map_err(err)?;
+            p.fd().map_err(err)?.as_fd().try_clone_to_owned()
+        }
+    };
+    let fd = fd.map_err(|source| BpfError::Pin {
+        action: "duplicating the fd of program",
+        path: PathBuf::from(program),
+        source,
+    })?;
+    Ok(fd)
+}
+
+/// Attaches `prog` to `cgroup` as a new link and pins it over the previous run's link (which
+/// the kernel then detaches). Both links run for an instant; they share the maps and the
+/// second one to see a redirected connect finds it already pointing at the listener.
+fn attach_link(
+    layout: &PinLayout,
+    hook: Hook,
+    prog: std::os::fd::BorrowedFd<'_>,
+    cgroup: &Path,
+    id: u64,
+) -> Result<(), BpfError> {
+    let dir = fs::File::open(cgroup).map_err(|source| BpfError::CgroupMissing {
+        path: cgroup.to_owned(),
+        source,
+    })?;
+    let link =
+        sys::cgroup_link_create(prog, dir.as_fd(), hook.attach_type()).map_err(|source| {
+            BpfError::Attach {
+                hook: hook.name(),
+                cgroup: cgroup.to_owned(),
+                source,
+            }
+        })?;
+    pin_replace(link.as_fd(), &layout.link(hook, id))
+}
+
+/// Removes the pins of links that this configuration does not want (their cgroup is no
+/// longer configured) and leftovers of an interrupted run.
+fn detach_unwanted(layout: &PinLayout, wanted: &BTreeSet<(Hook, u64)>) -> Result<(), BpfError> {
+    let pinned = layout.pinned_links().map_err(|source| BpfError::Pin {
+        action: "listing",
+        path: layout.links(),
+        source,
+    })?;
+    for (parsed, path) in pinned {
+        if parsed.is_some_and(|k| wanted.contains(&k)) {
+            continue;
+        }
+        log::info!("detaching {}: no longer configured", path.display());
+        fs::remove_file(&path).map_err(|source| BpfError::Pin {
+            action: "removing",
+            path,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Finds the cgroup directory of `id` for reports; `None` when it no longer exists.
+pub(crate) fn cgroup_path(id: u64) -> Option<PathBuf> {
+    host::find_cgroup(id)
+}

@@ -1,0 +1,89 @@
+//! [`ProxyConfig`]: the proxy's settings as a plain struct (the binary maps its YAML onto it).
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::gate::SniGate;
+
+/// Listening port of the default listeners.
+pub const DEFAULT_PORT: u16 = 15443;
+/// Default `SO_MARK` on upstream sockets ("tg" in ASCII); the eBPF hooks must skip it.
+pub const DEFAULT_UPSTREAM_MARK: u32 = 0x746f_6c6c;
+
+/// Settings of a [`crate::Proxy`]. Every field has a documented default ([`Default`]).
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Addresses to listen on; port 0 picks a free port. Default `127.0.0.1:15443` and
+    /// `[::1]:15443` (the IPv6 socket is `IPV6_V6ONLY`).
+    pub listen: Vec<SocketAddr>,
+    /// Which SNIs are intercepted, passed through or blocked. Default: the Snowflake patterns
+    /// intercepted, everything else passed through.
+    pub gate: SniGate,
+    /// Connections served at once; further clients wait in the accept backlog. Default 4096.
+    pub max_connections: usize,
+    /// Longest wait for a complete ClientHello; expiry closes the connection
+    /// (`peek_timeout`, fail closed). Default 5 s.
+    pub peek_timeout: Duration,
+    /// Largest ClientHello accepted, in bytes. Default 16 KiB.
+    pub max_client_hello_len: usize,
+    /// Longest wait for the client to finish the TLS handshake with the minted certificate.
+    /// Default 10 s.
+    pub client_handshake_timeout: Duration,
+    /// Bound on TCP connect, and separately on the TLS handshake, to the real server.
+    /// Default 10 s.
+    pub upstream_connect_timeout: Duration,
+    /// `SO_MARK` set on upstream sockets before connecting (needs CAP_NET_ADMIN); `None`
+    /// disables marking (only for tests and hosts without the eBPF hooks).
+    /// Default [`DEFAULT_UPSTREAM_MARK`].
+    pub upstream_mark: Option<u32>,
+    /// After the shutdown signal, how long open connections may drain before they are
+    /// aborted. Default 30 s.
+    pub shutdown_grace: Duration,
+    /// Whether to complete process identities from `/proc` (exe, cgroup path). Default true.
+    pub enrich_identity: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: vec![
+                SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_PORT)),
+                SocketAddr::from((Ipv6Addr::LOCALHOST, DEFAULT_PORT)),
+            ],
+            gate: SniGate::default(),
+            max_connections: 4096,
+            peek_timeout: Duration::from_secs(5),
+            max_client_hello_len: tollgate_wire::DEFAULT_MAX_CLIENT_HELLO_LEN,
+            client_handshake_timeout: Duration::from_secs(10),
+            upstream_connect_timeout: Duration::from_secs(10),
+            upstream_mark: Some(DEFAULT_UPSTREAM_MARK),
+            shutdown_grace: Duration::from_secs(30),
+            enrich_identity: true,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Checks the settings; the error names the field and what is expected.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.listen.is_empty() {
+            return Err("listen: at least one address is required".into());
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err("max_connections: must be between 1 and 1000000".into());
+        }
+        if self.max_client_hello_len < 512 {
+            return Err("max_client_hello_len: must be at least 512 bytes".into());
+        }
+        for (name, value) in [
+            ("peek_timeout", self.peek_timeout),
+            ("client_handshake_timeout", self.client_handshake_timeout),
+            ("upstream_connect_timeout", self.upstream_connect_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{name}: must be greater than zero"));
+            }
+        }
+        Ok(())
+    }
+}

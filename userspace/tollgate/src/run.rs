@@ -1,0 +1,334 @@
+//! The commands' glue: `run` wires the redirect (tollgate-bpf), the proxy (tollgate-proxy) and
+//! the record sink together; `ca`, `status` and `detach` are thin views over the same parts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use tollgate_bpf::{RedirectConfig, Redirector};
+use tollgate_proxy::{
+    CertificateAuthority, GateAction, KernelRedirectsOnly, PassThroughHooks, ProcessIdentity,
+    Proxy, ProxyConfig, RecordSink, Redirects, SniGate, SniPattern, UpstreamTls,
+};
+use tracing::{info, warn};
+
+use crate::config::{resolve_cgroup, Config, OtherTraffic, RedirectMode};
+
+/// Process identity from the eBPF connect hooks, for the proxy.
+struct EbpfRedirects {
+    redirector: Mutex<Redirector>,
+}
+
+impl Redirects for EbpfRedirects {
+    fn take_identity(&self, client: SocketAddr) -> Option<ProcessIdentity> {
+        let info = self.redirector.lock().ok()?.lookup(client)?;
+        Some(ProcessIdentity {
+            pid: info.pid,
+            tgid: info.tgid,
+            uid: info.uid,
+            gid: info.gid,
+            comm: info.comm,
+            cgroup_id: info.cgroup_id,
+            netns_cookie: info.netns_cookie,
+            exe: None,
+            cgroup_path: None,
+        })
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The cgroup2 mount point.
+fn cgroup2_mount() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    mounts
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, path, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(path))
+        })
+        .context("no cgroup2 filesystem is mounted: mount one (`mount -t cgroup2 none /sys/fs/cgroup/unified`) or run `cargo xtask setup`")
+}
+
+/// Moves this whole process into `cgroup`, before any socket exists, so
+/// the listeners and upstream sockets belong to it.
+fn enter_cgroup(cgroup: &Path) -> Result<()> {
+    std::fs::write(
+        cgroup.join("cgroup.procs"),
+        format!("{}\n", std::process::id()),
+    )
+    .with_context(|| {
+        format!(
+            "moving tollgate into cgroup {} (needs root; is it a cgroup v2 directory?)",
+            cgroup.display()
+        )
+    })
+}
+
+/// Lifts the soft open-files limit to the hard one: every proxied connection holds two sockets.
+fn raise_nofile_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+/// `tollgate run`.
+pub fn run(config: Config) -> Result<()> {
+    init_tracing();
+    raise_nofile_limit();
+    let ebpf = config.redirect.mode == RedirectMode::Ebpf;
+    let mut redirect_cfg = None;
+    if ebpf {
+        let mount = cgroup2_mount()?;
+        let proxy_cgroup = resolve_cgroup(&mount, &config.redirect.proxy_cgroup);
+        let cgroups: Vec<PathBuf> = config
+            .redirect
+            .cgroups
+            .iter()
+            .map(|c| resolve_cgroup(&mount, c))
+            .collect();
+        for (i, cg) in cgroups.iter().enumerate() {
+            if !cg.join("cgroup.procs").exists() {
+                bail!(
+                    "config field `redirect.cgroups[{i}]`: {} is not a cgroup v2 directory (create it, or name an existing one under {})",
+                    cg.display(),
+                    mount.display()
+                );
+            }
+        }
+        let rc = RedirectConfig {
+            cgroups,
+            ports: config.redirect.ports.clone(),
+            listen_port: config.listen.port,
+            proxy_cgroup: proxy_cgroup.clone(),
+            proxy_tgid: std::process::id(),
+            mark: config.redirect.socket_mark,
+            pin_dir: config.redirect.pin_dir.clone(),
+        };
+        std::fs::create_dir_all(&proxy_cgroup).with_context(|| {
+            format!(
+                "creating tollgate's cgroup {} (config field `redirect.proxy_cgroup`)",
+                proxy_cgroup.display()
+            )
+        })?;
+        tollgate_bpf::preflight(&rc)?;
+        enter_cgroup(&proxy_cgroup)?;
+        redirect_cfg = Some(rc);
+    }
+
+    let (ca, created) = CertificateAuthority::load_or_create(&config.state_dir)
+        .context("preparing the interception CA")?;
+    if created {
+        info!(path = %ca.cert_path().display(), "created the interception CA; agents' hosts must trust it");
+    }
+    let upstream = match &config.tls.upstream_roots {
+        Some(p) => UpstreamTls::from_pem_file(p)?,
+        None => UpstreamTls::system_roots()?,
+    };
+    let records_target = config.records_target();
+    let records = if records_target == "-" {
+        RecordSink::stdout()?
+    } else {
+        RecordSink::file(Path::new(&records_target))?
+    };
+
+    let mut gate = SniGate::new(match config.intercept.other_traffic {
+        OtherTraffic::Passthrough => GateAction::Passthrough,
+        OtherTraffic::Block => GateAction::Block,
+    });
+    for (i, p) in config.intercept.patterns.iter().enumerate() {
+        let pattern: SniPattern = p
+            .parse()
+            .map_err(|e| anyhow::anyhow!("config field `intercept.patterns[{i}]`: {e}"))?;
+        gate = gate.with_rule(pattern, GateAction::Intercept);
+    }
+    let proxy_cfg = ProxyConfig {
+        listen: config
+            .listen
+            .addresses
+            .iter()
+            .map(|a| SocketAddr::new(*a, config.listen.port))
+            .collect(),
+        gate,
+        max_connections: config.limits.max_connections,
+        peek_timeout: config.limits.peek_timeout(),
+        max_client_hello_len: config.limits.max_client_hello_bytes,
+        upstream_connect_timeout: config.limits.upstream_connect_timeout(),
+        shutdown_grace: config.limits.shutdown_grace(),
+        upstream_mark: Some(config.redirect.socket_mark),
+        ..ProxyConfig::default()
+    };
+    proxy_cfg
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid proxy settings: {e}"))?;
+
+    // The redirect is attached before the listeners exist: a connect redirected in between is
+    // refused (fail closed), and on a restart the previous run's pinned links keep refusing
+    // until the listeners are back.
+    let redirects: Arc<dyn Redirects> = match &redirect_cfg {
+        Some(rc) => Arc::new(EbpfRedirects {
+            redirector: Mutex::new(Redirector::attach(rc)?),
+        }),
+        None => Arc::new(KernelRedirectsOnly),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let proxy = Proxy::new(
+            proxy_cfg,
+            Arc::new(ca),
+            upstream,
+            redirects,
+            records,
+            Arc::new(PassThroughHooks),
+        );
+        let bound = proxy.bind().context("binding the proxy listeners")?;
+        let addrs: Vec<String> = bound.local_addrs().iter().map(|a| a.to_string()).collect();
+        match &redirect_cfg {
+            Some(rc) => println!(
+                "tollgate ready: listening on {}; redirecting TCP ports {:?} from {} cgroup(s); records: {}",
+                addrs.join(", "),
+                rc.ports,
+                rc.cgroups.len(),
+                records_target
+            ),
+            None => println!(
+                "tollgate ready: listening on {} (no eBPF: feed it with a REDIRECT rule); records: {}",
+                addrs.join(", "),
+                records_target
+            ),
+        }
+        let stats = bound.run(shutdown_signal()).await?;
+        info!(?stats, "proxy stopped");
+        if redirect_cfg.is_some() {
+            warn!("the redirect stays in force while tollgate is stopped (agents get connection refused); `tollgate detach` removes it");
+        }
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: draining connections"),
+        _ = int.recv() => info!("SIGINT: draining connections"),
+    }
+}
+
+/// `tollgate ca init`.
+pub fn ca_init(state_dir: &Path) -> Result<()> {
+    let (ca, created) = CertificateAuthority::load_or_create(state_dir)?;
+    println!(
+        "{} {}",
+        if created { "created" } else { "exists:" },
+        ca.cert_path().display()
+    );
+    Ok(())
+}
+
+/// `tollgate ca show`.
+pub fn ca_show(state_dir: &Path) -> Result<()> {
+    let ca = CertificateAuthority::load(state_dir).with_context(|| {
+        format!(
+            "no CA in {} yet: run `tollgate ca init --state-dir {}`",
+            state_dir.display(),
+            state_dir.display()
+        )
+    })?;
+    println!("CA certificate: {}", ca.cert_path().display());
+    print!("{}", ca.cert_pem());
+    Ok(())
+}
+
+/// `tollgate status`.
+pub fn status(pin_dir: &Path, json: bool) -> Result<()> {
+    let st = tollgate_bpf::status(pin_dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(());
+    }
+    if !st.pinned {
+        println!("not attached: nothing pinned at {}", pin_dir.display());
+        return Ok(());
+    }
+    println!("redirect pinned at {}", pin_dir.display());
+    if let Some(c) = &st.config {
+        println!(
+            "  listener port {}, target ports {:?}, enabled {}, proxy pid {} ({})",
+            c.listen_port,
+            c.target_ports,
+            c.enabled,
+            c.proxy_tgid,
+            if c.proxy_alive {
+                "running"
+            } else {
+                "NOT running: agents are refused until it restarts"
+            }
+        );
+    }
+    for l in &st.links {
+        println!(
+            "  {:<10} cgroup {} ({}) link {} prog {} {}",
+            format!("{:?}", l.hook).to_lowercase(),
+            l.cgroup_id,
+            l.cgroup_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "gone".into()),
+            l.link_id.map(|i| i.to_string()).unwrap_or("?".into()),
+            l.prog_id.map(|i| i.to_string()).unwrap_or("?".into()),
+            if l.attached {
+                "attached"
+            } else {
+                "NOT attached"
+            }
+        );
+    }
+    for k in &st.kernel_attachments {
+        if k.tollgate_programs != Some(1) {
+            println!(
+                "  warning: {:?} on cgroup {} has {:?} tollgate programs attached (expected 1)",
+                k.hook, k.cgroup_id, k.tollgate_programs
+            );
+        }
+    }
+    println!(
+        "  unclaimed redirect records: {}, pending: {}",
+        st.orig_dst_entries, st.pending_entries
+    );
+    Ok(())
+}
+
+/// `tollgate detach`.
+pub fn detach(pin_dir: &Path) -> Result<()> {
+    let r = tollgate_bpf::detach(pin_dir)?;
+    println!(
+        "detached: removed {} link(s), {} program(s), {} map(s) from {}",
+        r.links,
+        r.programs,
+        r.maps,
+        pin_dir.display()
+    );
+    Ok(())
+}
