@@ -44,7 +44,7 @@ pub fn tg_connect4(ctx: SockAddrContext) -> i32 {
     if let Err(Skip::PendingFull(err)) = try_connect4(&ctx) {
         warn!(
             &ctx,
-            "connect4: PENDING insert failed ({}); connect not redirected", err
+            "connect4: PENDING insert failed ({}); redirected without a record (the proxy refuses it)", err
         );
     }
     1
@@ -55,7 +55,7 @@ pub fn tg_connect6(ctx: SockAddrContext) -> i32 {
     if let Err(Skip::PendingFull(err)) = try_connect6(&ctx) {
         warn!(
             &ctx,
-            "connect6: PENDING insert failed ({}); connect not redirected", err
+            "connect6: PENDING insert failed ({}); redirected without a record (the proxy refuses it)", err
         );
     }
     1
@@ -69,12 +69,14 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), Skip> {
 
     // SAFETY: `sa` is the program's context pointer; the verifier checks every field access.
     let ip4 = unsafe { (*sa).user_ip4 };
-    remember(ctx, v4_mapped(ip4.to_ne_bytes()), port, AF_INET)?;
+    // Fail closed: even when the record cannot be stored, the connect goes to the proxy, which
+    // refuses a connection it knows nothing about. Never a direct path.
+    let remembered = remember(ctx, v4_mapped(ip4.to_ne_bytes()), port, AF_INET);
     unsafe {
         write_volatile(&mut (*sa).user_ip4, cfg.listen_ip4);
         write_volatile(&mut (*sa).user_port, cfg.listen_port4);
     }
-    Ok(())
+    remembered
 }
 
 fn try_connect6(ctx: &SockAddrContext) -> Result<(), Skip> {
@@ -97,7 +99,8 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<(), Skip> {
     for (i, w) in words.iter().enumerate() {
         orig[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
     }
-    remember(ctx, orig, port, AF_INET6)?;
+    // Fail closed, as in connect4: redirect even when the record cannot be stored.
+    let remembered = remember(ctx, orig, port, AF_INET6);
 
     let mapped_prefix = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
     let target = if words[0] == 0 && words[1] == 0 && words[2] == mapped_prefix {
@@ -115,7 +118,7 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<(), Skip> {
         write_volatile(&mut (*sa).user_ip6[3], target[3]);
         write_volatile(&mut (*sa).user_port, cfg.listen_port6);
     }
-    Ok(())
+    remembered
 }
 
 /// The destination port (host order) when this is a TCP connect to an intercepted port.

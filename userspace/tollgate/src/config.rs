@@ -510,7 +510,8 @@ limits:
 
     #[test]
     fn invalid_values_name_their_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("version", Box::new(|c| c.version = 2)),
             (
                 "redirect.ports[1]",

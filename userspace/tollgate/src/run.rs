@@ -122,13 +122,18 @@ pub fn run(config: Config) -> Result<()> {
             mark: config.redirect.socket_mark,
             pin_dir: config.redirect.pin_dir.clone(),
         };
+        // Privileges and kernel features first, so that a missing capability is reported as
+        // such rather than as a failure to create tollgate's cgroup.
+        tollgate_bpf::preflight(&RedirectConfig {
+            proxy_cgroup: mount.clone(),
+            ..rc.clone()
+        })?;
         std::fs::create_dir_all(&proxy_cgroup).with_context(|| {
             format!(
                 "creating tollgate's cgroup {} (config field `redirect.proxy_cgroup`)",
                 proxy_cgroup.display()
             )
         })?;
-        tollgate_bpf::preflight(&rc)?;
         enter_cgroup(&proxy_cgroup)?;
         redirect_cfg = Some(rc);
     }
