@@ -177,16 +177,22 @@ fn live_rustls_hello_matches_fixture_shape() {
     assert_every_prefix_incomplete("live rustls", &bytes);
 }
 
-/// Rewrites `tests/fixtures/rustls_sni_alpn.bin`; run with `-- --ignored` after a rustls bump.
+/// A ClientHello from the rustls in this build parses like the committed fixture; with
+/// `TOLLGATE_REGENERATE_FIXTURES=1` (after a rustls bump) it also rewrites
+/// `tests/fixtures/rustls_sni_alpn.bin`.
 #[test]
-#[ignore]
-fn regenerate_rustls_fixture() {
+fn current_rustls_hello_parses_and_can_regenerate_the_fixture() {
     let bytes = rustls_client_hello("acct.snowflakecomputing.com", &[b"h2", b"http/1.1"]);
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/rustls_sni_alpn.bin"
-    );
-    std::fs::write(path, bytes).unwrap();
+    let hello = parse_client_hello(&bytes).expect("a fresh rustls ClientHello parses");
+    assert_eq!(hello.sni.as_deref(), Some("acct.snowflakecomputing.com"));
+    assert_eq!(hello.alpn, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+    if std::env::var_os("TOLLGATE_REGENERATE_FIXTURES").is_some() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/rustls_sni_alpn.bin"
+        );
+        std::fs::write(path, bytes).unwrap();
+    }
 }
 
 #[test]
