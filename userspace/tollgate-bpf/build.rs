@@ -1,5 +1,5 @@
 //! Builds `ebpf/tollgate-ebpf` for the BPF target with aya-build and leaves the object in
-//! `OUT_DIR/tollgate`, which `src/loader.rs` embeds with `include_bytes_aligned!`.
+//! `OUT_DIR/tollgate-ebpf`, which `src/redirector.rs` embeds with `include_bytes_aligned!`.
 //!
 //! Environment:
 //! - `TOLLGATE_EBPF_TOOLCHAIN`: rustup toolchain used for the eBPF crate (default `stable`).
@@ -29,7 +29,7 @@ fn main() -> aya_build::Result<()> {
     // aya-build leaves an empty file when AYA_BUILD_SKIP is set; make sure the include exists
     // even then so `cargo check` works without the BPF toolchain.
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let object = out_dir.join("tollgate");
+    let object = out_dir.join("tollgate-ebpf");
     if !object.exists() {
         std::fs::write(&object, [])?;
     }

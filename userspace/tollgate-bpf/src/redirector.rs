@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// The eBPF object built by `build.rs`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate-ebpf"));
 
 /// A loaded and attached redirect. Dropping it leaves the redirect in force (links, programs
 /// and maps are pinned); only [`crate::detach`] removes it.

@@ -187,10 +187,14 @@ pub fn run(config: Config) -> Result<()> {
     // The redirect is attached before the listeners exist: a connect redirected in between is
     // refused (fail closed), and on a restart the previous run's pinned links keep refusing
     // until the listeners are back.
-    let redirects: Arc<dyn Redirects> = match &redirect_cfg {
-        Some(rc) => Arc::new(EbpfRedirects {
+    let ebpf_redirects = match &redirect_cfg {
+        Some(rc) => Some(Arc::new(EbpfRedirects {
             redirector: Mutex::new(Redirector::attach(rc)?),
-        }),
+        })),
+        None => None,
+    };
+    let redirects: Arc<dyn Redirects> = match &ebpf_redirects {
+        Some(r) => r.clone(),
         None => Arc::new(KernelRedirectsOnly),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -207,6 +211,18 @@ pub fn run(config: Config) -> Result<()> {
             Arc::new(PassThroughHooks),
         );
         let bound = proxy.bind().context("binding the proxy listeners")?;
+        if let Some(r) = ebpf_redirects {
+            // The programs log only when they cannot store a record; forward that to our log.
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    if let Ok(mut redirector) = r.redirector.lock() {
+                        redirector.flush_kernel_logs();
+                    }
+                }
+            });
+        }
         let addrs: Vec<String> = bound.local_addrs().iter().map(|a| a.to_string()).collect();
         match &redirect_cfg {
             Some(rc) => println!(

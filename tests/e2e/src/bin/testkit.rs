@@ -613,6 +613,7 @@ async fn http_bench(connect: SocketAddr, sni: String, ca: PathBuf, count: usize)
         let req = Request::post("/queries/v1/query-request")
             .header("host", &sni)
             .body(Full::new(Bytes::from_static(b"{\"sqlText\":\"select 1\"}")))?;
+        send.ready().await?;
         let t = Instant::now();
         let resp = send.send_request(req).await?;
         let status = resp.status();
