@@ -100,61 +100,71 @@ pub fn bench(root: &Path, out: &Path) -> Result<()> {
     let a9443 = host.v4(9443).to_string();
     let n_connect = "2000";
 
-    eprintln!("bench: connect() without programs");
-    let c_plain_other = kit.run(
-        &agents.path,
-        &["connect-bench", "--connect", &a8080, "--count", n_connect],
-    )?;
-    let c_plain_target = kit.run(
-        &agents.path,
-        &["connect-bench", "--connect", &a443, "--count", n_connect],
-    )?;
+    // The same measurements before Tollgate (from the agents cgroup for connect(), from the
+    // sibling cgroup for the rest) and through it (from the agents cgroup).
+    let connects = |cg: &Path| -> Result<(Value, Value)> {
+        let other = kit.run(
+            cg,
+            &["connect-bench", "--connect", &a8080, "--count", n_connect],
+        )?;
+        let target = kit.run(
+            cg,
+            &["connect-bench", "--connect", &a443, "--count", n_connect],
+        )?;
+        Ok((other, target))
+    };
+    let traffic = |cg: &Path, sf_ca: &str| -> Result<(Value, Value, Value)> {
+        let stream = kit.run(
+            cg,
+            &[
+                "client",
+                "--connect",
+                &a9443,
+                "--sni",
+                OTHER_NAME,
+                "--ca",
+                test_ca,
+                "--send-bytes",
+                &stream_s,
+                "--timeout-ms",
+                "300000",
+            ],
+        )?;
+        let http = kit.run(
+            cg,
+            &[
+                "http-bench",
+                "--connect",
+                &a443,
+                "--sni",
+                SF_NAME,
+                "--ca",
+                sf_ca,
+                "--count",
+                "2000",
+            ],
+        )?;
+        let hs = kit.run(
+            cg,
+            &[
+                "handshake-bench",
+                "--connect",
+                &a443,
+                "--sni",
+                SF_NAME,
+                "--ca",
+                sf_ca,
+                "--count",
+                "2000",
+            ],
+        )?;
+        Ok((stream, http, hs))
+    };
 
+    eprintln!("bench: connect() without programs");
+    let (c_plain_other, c_plain_target) = connects(&agents.path)?;
     eprintln!("bench: direct baselines");
-    let direct_stream = kit.run(
-        &sibling.path,
-        &[
-            "client",
-            "--connect",
-            &a9443,
-            "--sni",
-            OTHER_NAME,
-            "--ca",
-            test_ca,
-            "--send-bytes",
-            &stream_s,
-            "--timeout-ms",
-            "300000",
-        ],
-    )?;
-    let direct_http = kit.run(
-        &sibling.path,
-        &[
-            "http-bench",
-            "--connect",
-            &a443,
-            "--sni",
-            SF_NAME,
-            "--ca",
-            test_ca,
-            "--count",
-            "2000",
-        ],
-    )?;
-    let direct_hs = kit.run(
-        &sibling.path,
-        &[
-            "handshake-bench",
-            "--connect",
-            &a443,
-            "--sni",
-            SF_NAME,
-            "--ca",
-            test_ca,
-            "--count",
-            "2000",
-        ],
-    )?;
+    let (direct_stream, direct_http, direct_hs) = traffic(&sibling.path, test_ca)?;
 
     let tg = Tollgate::start(
         &scratch,
@@ -171,60 +181,9 @@ pub fn bench(root: &Path, out: &Path) -> Result<()> {
     let rss_idle = vm_kib(tg_pid, "VmRSS:");
 
     eprintln!("bench: connect() with programs attached");
-    let c_hook_other = kit.run(
-        &agents.path,
-        &["connect-bench", "--connect", &a8080, "--count", n_connect],
-    )?;
-    let c_hook_target = kit.run(
-        &agents.path,
-        &["connect-bench", "--connect", &a443, "--count", n_connect],
-    )?;
-
+    let (c_hook_other, c_hook_target) = connects(&agents.path)?;
     eprintln!("bench: through tollgate");
-    let via_stream = kit.run(
-        &agents.path,
-        &[
-            "client",
-            "--connect",
-            &a9443,
-            "--sni",
-            OTHER_NAME,
-            "--ca",
-            test_ca,
-            "--send-bytes",
-            &stream_s,
-            "--timeout-ms",
-            "300000",
-        ],
-    )?;
-    let via_http = kit.run(
-        &agents.path,
-        &[
-            "http-bench",
-            "--connect",
-            &a443,
-            "--sni",
-            SF_NAME,
-            "--ca",
-            tg_ca,
-            "--count",
-            "2000",
-        ],
-    )?;
-    let via_hs = kit.run(
-        &agents.path,
-        &[
-            "handshake-bench",
-            "--connect",
-            &a443,
-            "--sni",
-            SF_NAME,
-            "--ca",
-            tg_ca,
-            "--count",
-            "2000",
-        ],
-    )?;
+    let (via_stream, via_http, via_hs) = traffic(&agents.path, tg_ca)?;
 
     eprintln!("bench: 1,000 concurrent intercepted connections");
     let mut hold = Command::new(&kit.bin);
