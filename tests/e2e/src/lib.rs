@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod snowflake;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A short tag unique within this machine for the life of a test run (pid + counter), usable in

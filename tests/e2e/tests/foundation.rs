@@ -95,6 +95,13 @@ impl World {
                     opts.cgroups
                 },
                 upstream_roots: opts.upstream_roots.or(Some(self.pki.join("ca.pem"))),
+                // These tests speak plain HTTP to test servers on intercepted names, not the
+                // Snowflake protocol: let the Snowflake layer forward what it does not know.
+                extra: [
+                    vec!["--unknown-endpoints".to_string(), "forward".to_string()],
+                    opts.extra,
+                ]
+                .concat(),
                 ..opts
             },
         )
@@ -212,7 +219,7 @@ fn intercepted_name_gets_minted_leaf_and_verified_upstream() -> Result<()> {
             "--mode".into(),
             "http".into(),
             "--path".into(),
-            "/session/v1/login-request?requestId=1".into(),
+            "/status/v1/probe?requestId=1".into(),
         ];
         if http2 {
             args.push("--http2".into());
@@ -223,7 +230,7 @@ fn intercepted_name_gets_minted_leaf_and_verified_upstream() -> Result<()> {
         assert_eq!(r["ok"], true, "http2={http2}: {r}\n{}", tg.log());
         assert_eq!(r["status"], 200, "{r}");
         let echo: Value = serde_json::from_str(r["body"].as_str().unwrap())?;
-        assert_eq!(echo["path"], "/session/v1/login-request?requestId=1");
+        assert_eq!(echo["path"], "/status/v1/probe?requestId=1");
         assert_eq!(echo["host"], SF_NAME);
         if http2 {
             assert_eq!(r["alpn"], "h2");

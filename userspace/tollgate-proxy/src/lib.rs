@@ -9,9 +9,11 @@
 //! relay HTTP/1.1 or HTTP/2 through [`ExchangeHooks`] to a verified TLS connection to the
 //! real server. Each connection ends in one [`ConnectionRecord`] written by a [`RecordSink`].
 //!
+//! The Snowflake layer ([`snowflake::SnowflakeHooks`]) plugs in through [`ExchangeHooks`]: it
+//! keeps sessions across connections and enforces the policy on every statement.
+//!
 //! What it does not do: load or talk to eBPF (the binary supplies a [`Redirects`] backed by
-//! the maps), parse Snowflake requests or apply policy (that plugs in through
-//! [`ExchangeHooks`]), or read configuration files ([`ProxyConfig`] is a plain struct).
+//! the maps), or read configuration files ([`ProxyConfig`] is a plain struct).
 //! It never disables upstream certificate verification and never logs payloads, tokens or
 //! keys.
 #![deny(unsafe_code)]
@@ -30,6 +32,7 @@ mod passthrough;
 pub mod peek;
 pub mod record;
 pub mod server;
+pub mod snowflake;
 mod sockopt;
 pub mod upstream;
 

@@ -12,11 +12,14 @@
 //! It never allocates more than the ClientHello it returns and never panics on any input
 //! (property-tested and fuzzed, see `fuzz/`).
 //!
-//! The Snowflake wire model (login, query and result bodies) will live here too, equally pure.
+//! [`snowflake`] models Snowflake's REST protocol the same way: endpoint classification, body
+//! decoding with bomb-proof caps, credentials kept in [`snowflake::Secret`], and typed views of
+//! login, query, result and SQL API messages that re-serialise without losing fields.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod client_hello;
+pub mod snowflake;
 
 pub use client_hello::{
     parse_client_hello, parse_client_hello_with_limit, ClientHello, HelloError, MalformedReason,

@@ -87,6 +87,60 @@ pub struct Config {
     pub records: Option<String>,
     /// Resource limits and timeouts.
     pub limits: LimitsSection,
+    /// Policy file enforced on Snowflake statements; absent: the embedded default, which
+    /// refuses every statement until a policy is configured.
+    pub policy: Option<PathBuf>,
+    /// The Snowflake layer.
+    pub snowflake: SnowflakeSection,
+}
+
+/// What happens to requests to Snowflake endpoints Tollgate does not understand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownEndpoints {
+    /// Refused with a Snowflake-shaped error (default: nothing unaudited).
+    Deny,
+    /// Forwarded (and logged).
+    Forward,
+}
+
+impl std::str::FromStr for UnknownEndpoints {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "deny" => Ok(UnknownEndpoints::Deny),
+            "forward" => Ok(UnknownEndpoints::Forward),
+            other => Err(format!("`{other}` is not a mode: use `deny` or `forward`")),
+        }
+    }
+}
+
+/// `snowflake:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnowflakeSection {
+    /// `deny` (default) or `forward` for endpoints the wire model does not know.
+    pub unknown_endpoints: UnknownEndpoints,
+    /// Largest request body accepted as received (bytes).
+    pub max_request_body_bytes: usize,
+    /// Largest request body after gzip decoding (bytes).
+    pub max_decoded_body_bytes: usize,
+    /// Largest gzip expansion ratio accepted (beyond the first MiB).
+    pub max_gzip_ratio: u32,
+    /// Responses larger than this are forwarded without inspection (bytes).
+    pub max_inspected_response_bytes: usize,
+}
+
+impl Default for SnowflakeSection {
+    fn default() -> Self {
+        SnowflakeSection {
+            unknown_endpoints: UnknownEndpoints::Deny,
+            max_request_body_bytes: 16 << 20,
+            max_decoded_body_bytes: 64 << 20,
+            max_gzip_ratio: 200,
+            max_inspected_response_bytes: 64 << 20,
+        }
+    }
 }
 
 impl Default for Config {
@@ -100,6 +154,8 @@ impl Default for Config {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             records: None,
             limits: LimitsSection::default(),
+            policy: None,
+            snowflake: SnowflakeSection::default(),
         }
     }
 }
@@ -384,6 +440,30 @@ impl Config {
                 ));
             }
         }
+        if let Some(p) = &self.policy {
+            if !p.is_file() {
+                return Err(invalid(
+                    "policy",
+                    format!("{} is not a readable policy file", p.display()),
+                ));
+            }
+        }
+        let sf = &self.snowflake;
+        if sf.max_request_body_bytes < 64 * 1024 {
+            return Err(invalid(
+                "snowflake.max_request_body_bytes",
+                "must be at least 65536 (login and query bodies reach tens of KiB)",
+            ));
+        }
+        if sf.max_decoded_body_bytes < sf.max_request_body_bytes {
+            return Err(invalid(
+                "snowflake.max_decoded_body_bytes",
+                "must be at least snowflake.max_request_body_bytes",
+            ));
+        }
+        if sf.max_gzip_ratio < 2 {
+            return Err(invalid("snowflake.max_gzip_ratio", "must be at least 2"));
+        }
         if !self.state_dir.is_absolute() {
             return Err(invalid("state_dir", "must be an absolute path"));
         }
@@ -487,12 +567,20 @@ limits:
   max_client_hello_bytes: 16384
   upstream_connect_timeout_ms: 5000
   shutdown_grace_ms: 1000
+policy: /etc/tollgate/policy.yaml
+snowflake:
+  unknown_endpoints: forward
+  max_request_body_bytes: 1048576
+  max_decoded_body_bytes: 8388608
+  max_gzip_ratio: 100
+  max_inspected_response_bytes: 1048576
 "#,
         )
         .unwrap();
         assert_eq!(c.redirect.ports, vec![443, 8443]);
         assert_eq!(c.intercept.other_traffic, OtherTraffic::Block);
         assert_eq!(c.records_target(), "-");
+        assert_eq!(c.snowflake.unknown_endpoints, UnknownEndpoints::Forward);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (eBPF), the proxy (TLS interception) and the connection records.
 
 mod config;
+mod policy_cmd;
 mod run;
 
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use config::{Config, OtherTraffic, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
+use config::{Config, OtherTraffic, UnknownEndpoints, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
 
 /// Tollgate: transparent, policy-enforcing interception of agents' Snowflake connections.
 #[derive(Parser)]
@@ -38,6 +39,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check policy files and explain decisions.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
     /// Remove the redirect: every pinned link, program and map. Agents connect directly again.
     Detach {
         /// bpffs directory of the pins.
@@ -101,6 +105,12 @@ pub struct RunArgs {
     /// Do not load eBPF: rely on an external REDIRECT rule (no process identity then).
     #[arg(long)]
     no_ebpf: bool,
+    /// Policy file enforced on Snowflake statements.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Snowflake endpoints Tollgate does not understand: deny or forward.
+    #[arg(long, value_name = "MODE")]
+    unknown_endpoints: Option<UnknownEndpoints>,
 }
 
 impl RunArgs {
@@ -140,6 +150,12 @@ impl RunArgs {
         if let Some(p) = &self.proxy_cgroup {
             c.redirect.proxy_cgroup = p.clone();
         }
+        if let Some(p) = &self.policy {
+            c.policy = Some(absolute(p)?);
+        }
+        if let Some(u) = self.unknown_endpoints {
+            c.snowflake.unknown_endpoints = u;
+        }
         if self.no_ebpf {
             c.redirect.mode = config::RedirectMode::None;
         }
@@ -166,6 +182,7 @@ fn main() -> std::process::ExitCode {
         Command::Ca(CaCommand::Show { state_dir }) => run::ca_show(&state_dir),
         Command::Status { pin_dir, json } => run::status(&pin_dir, json),
         Command::Detach { pin_dir } => run::detach(&pin_dir),
+        Command::Policy(cmd) => policy_cmd::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

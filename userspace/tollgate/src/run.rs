@@ -7,13 +7,16 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use tollgate_bpf::{RedirectConfig, Redirector};
+use tollgate_proxy::snowflake::{SnowflakeConfig, SnowflakeHooks, UnknownEndpoints as Unknown};
 use tollgate_proxy::{
-    CertificateAuthority, GateAction, KernelRedirectsOnly, PassThroughHooks, ProcessIdentity,
-    Proxy, ProxyConfig, RecordSink, Redirects, SniGate, SniPattern, UpstreamTls,
+    CertificateAuthority, GateAction, KernelRedirectsOnly, ProcessIdentity, Proxy, ProxyConfig,
+    RecordSink, Redirects, SniGate, SniPattern, UpstreamTls,
 };
+use tollgate_wire::snowflake::BodyLimits;
 use tracing::{info, warn};
 
-use crate::config::{resolve_cgroup, Config, OtherTraffic, RedirectMode};
+use crate::config::{resolve_cgroup, Config, OtherTraffic, RedirectMode, UnknownEndpoints};
+use crate::policy_cmd::configured_policy;
 
 /// Process identity from the eBPF connect hooks, for the proxy.
 struct EbpfRedirects {
@@ -138,6 +141,30 @@ pub fn run(config: Config) -> Result<()> {
         redirect_cfg = Some(rc);
     }
 
+    let policy = Arc::new(configured_policy(config.policy.as_deref())?);
+    match &config.policy {
+        Some(p) => info!(policy = %p.display(), rules = policy.rule_count(), "policy loaded"),
+        None => warn!("no policy configured: every Snowflake statement is refused until one is given with --policy FILE"),
+    }
+    let sf = &config.snowflake;
+    let hooks = Arc::new(SnowflakeHooks::new(
+        SnowflakeConfig {
+            unknown_endpoints: match sf.unknown_endpoints {
+                UnknownEndpoints::Deny => Unknown::Deny,
+                UnknownEndpoints::Forward => Unknown::Forward,
+            },
+            request_limits: BodyLimits {
+                max_compressed: sf.max_request_body_bytes,
+                max_decompressed: sf.max_decoded_body_bytes,
+                max_ratio: sf.max_gzip_ratio,
+                ..BodyLimits::default()
+            },
+            max_inspected_response: sf.max_inspected_response_bytes,
+            host: hostname(),
+        },
+        policy,
+    ));
+
     let (ca, created) = CertificateAuthority::load_or_create(&config.state_dir)
         .context("preparing the interception CA")?;
     if created {
@@ -208,7 +235,7 @@ pub fn run(config: Config) -> Result<()> {
             upstream,
             redirects,
             records,
-            Arc::new(PassThroughHooks),
+            hooks,
         );
         let bound = proxy.bind().context("binding the proxy listeners")?;
         if let Some(r) = ebpf_redirects {
@@ -245,6 +272,13 @@ pub fn run(config: Config) -> Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
 }
 
 async fn shutdown_signal() {

@@ -610,7 +610,7 @@ async fn http_bench(connect: SocketAddr, sni: String, ca: PathBuf, count: usize)
     tokio::spawn(conn);
     let mut us = Vec::with_capacity(count);
     for i in 0..=count {
-        let req = Request::post("/queries/v1/query-request")
+        let req = Request::post("/bench/echo")
             .header("host", &sni)
             .body(Full::new(Bytes::from_static(b"{\"sqlText\":\"select 1\"}")))?;
         send.ready().await?;

@@ -1,0 +1,453 @@
+//! Evaluation: identity + analysis → [`Decision`]. Pure, allocation-light, microseconds.
+//!
+//! Per statement, the first rule (in file order) that matches decides; a statement of kind
+//! `other` is decided only by rules naming `other`, else by `defaults.unknown_statement`; a
+//! statement with unresolved bindings by `defaults.unresolved_bindings`; unparseable text by
+//! `defaults.unparseable_sql`; no match by `defaults.no_rule_matched`. Across the statements of
+//! one text the strictest outcome wins (deny > require_approval > mask > allow), and the
+//! decision names the rule that produced it (on a tie, a policy rule before a default, then the
+//! earliest statement). When in doubt, restrictive rules (deny,
+//! require_approval) apply and permissive ones (allow, mask) do not: see [`crate::policy`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::analysis::{Analysis, AnalysisError, StatementInfo, StatementKind};
+use crate::glob::{NameGlob, TextGlob};
+use crate::names::{ColumnRef, TableName};
+use crate::policy::{kind_index, Matcher, Policy, Rule};
+use crate::schema::{ActionKind, DefaultAction, MaskMethod};
+
+/// Who is asking: the Snowflake session, the process behind the connection, the host and the
+/// verified OIDC claims. `None` means "not known"; see the module docs for how that matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// Snowflake account.
+    pub account: Option<String>,
+    /// Snowflake login name.
+    pub user: Option<String>,
+    /// Current primary role.
+    pub role: Option<String>,
+    /// Current warehouse.
+    pub warehouse: Option<String>,
+    /// Current database.
+    pub database: Option<String>,
+    /// Current schema.
+    pub schema: Option<String>,
+    /// Process uid.
+    pub uid: Option<u32>,
+    /// Process `comm`.
+    pub comm: Option<String>,
+    /// Process executable path.
+    pub exe: Option<String>,
+    /// Process cgroup v2 path.
+    pub cgroup_path: Option<String>,
+    /// Host name.
+    pub host: Option<String>,
+    /// Verified OIDC claims (string-valued).
+    pub claims: BTreeMap<String, String>,
+}
+
+/// What [`Policy::evaluate`] decides on.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalInput<'a> {
+    /// Who is asking.
+    pub identity: &'a Identity,
+    /// The analysed statement text, or why it could not be analysed.
+    pub analysis: Result<&'a Analysis, &'a AnalysisError>,
+}
+
+/// The outcome for a statement text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// What to do.
+    #[serde(flatten)]
+    pub action: Action,
+    /// The deciding rule (`default:…` when a default decided).
+    pub rule_id: String,
+    /// Row cap: the smallest cap of the rules that decided the statements.
+    pub max_rows: Option<u64>,
+    /// Per statement, in text order.
+    pub statements: Vec<StatementDecision>,
+}
+
+/// What to do with a statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Forward it.
+    Allow,
+    /// Refuse it; `reason` is shown to the agent.
+    Deny {
+        /// Why.
+        reason: String,
+    },
+    /// Forward it and mask its results per `plan`.
+    Mask {
+        /// What to mask.
+        plan: MaskPlan,
+    },
+    /// Hold it for a human; `reason` is shown to the approver and the agent.
+    RequireApproval {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Action {
+    /// deny 3 > require_approval 2 > mask 1 > allow 0.
+    pub fn strictness(&self) -> u8 {
+        match self {
+            Self::Allow => 0,
+            Self::Mask { .. } => 1,
+            Self::RequireApproval { .. } => 2,
+            Self::Deny { .. } => 3,
+        }
+    }
+
+    /// `allow`, `deny`, `mask` or `require_approval`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Mask { .. } => "mask",
+            Self::RequireApproval { .. } => "require_approval",
+            Self::Deny { .. } => "deny",
+        }
+    }
+}
+
+/// The masking plan of a decision, consumed by the masking layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MaskPlan {
+    /// Directives from the deciding rules, in statement order, without duplicates.
+    pub directives: Vec<MaskDirective>,
+}
+
+/// One masking directive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MaskDirective {
+    /// The rule it comes from.
+    pub rule_id: String,
+    /// `DB.SCHEMA.TABLE.COLUMN` globs, as written in the policy.
+    pub columns: Vec<String>,
+    /// Classification tags.
+    pub tags: Vec<String>,
+    /// How to mask.
+    pub method: MaskMethod,
+    /// For `partial`.
+    pub keep_last: Option<u32>,
+}
+
+/// The decision for one statement, for `policy explain` and the audit record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatementDecision {
+    /// Statement kind.
+    pub kind: StatementKind,
+    /// Tables read or written.
+    pub tables: Vec<TableName>,
+    /// Columns referenced (best effort).
+    pub columns: Vec<ColumnRef>,
+    /// Classification tags the statement may touch.
+    pub tags: Vec<String>,
+    /// The rule that decided it.
+    pub rule_id: String,
+    /// What it decided.
+    #[serde(flatten)]
+    pub action: Action,
+    /// Its row cap.
+    pub max_rows: Option<u64>,
+}
+
+const REASON_UNPARSEABLE: &str =
+    "the statement could not be analysed, so it is refused (fail closed)";
+const REASON_UNKNOWN: &str = "this kind of statement is not covered by policy";
+const REASON_UNRESOLVED: &str =
+    "an object name depends on a bind value or dynamic SQL and cannot be checked";
+const REASON_NO_RULE: &str = "no policy rule allows this statement (default deny)";
+
+fn default_action(action: DefaultAction, reason: &str) -> Action {
+    match action {
+        DefaultAction::Allow => Action::Allow,
+        DefaultAction::Deny => Action::Deny {
+            reason: reason.to_owned(),
+        },
+        DefaultAction::RequireApproval => Action::RequireApproval {
+            reason: reason.to_owned(),
+        },
+    }
+}
+
+impl Policy {
+    /// Decides `input`. Pure and deterministic: the same policy and input give the same
+    /// decision.
+    pub fn evaluate(&self, input: &EvalInput<'_>) -> Decision {
+        let analysis = match input.analysis {
+            Ok(a) if !a.statements.is_empty() => a,
+            _ => {
+                return Decision {
+                    action: default_action(self.defaults.unparseable_sql, REASON_UNPARSEABLE),
+                    rule_id: "default:unparseable_sql".into(),
+                    max_rows: None,
+                    statements: Vec::new(),
+                }
+            }
+        };
+        let statements: Vec<StatementDecision> = analysis
+            .statements
+            .iter()
+            .map(|s| self.decide_statement(input.identity, s))
+            .collect();
+        // The strictest statement decides; on a tie a policy rule is named rather than a
+        // default (it says more), then the earliest statement.
+        let key =
+            |s: &StatementDecision| (s.action.strictness(), !s.rule_id.starts_with("default:"));
+        let decisive = statements.iter().enumerate().fold(0, |best, (i, s)| {
+            if key(s) > key(&statements[best]) {
+                i
+            } else {
+                best
+            }
+        });
+        let mut action = statements[decisive].action.clone();
+        if let Action::Mask { plan } = &mut action {
+            for s in &statements {
+                if let Action::Mask { plan: other } = &s.action {
+                    for d in &other.directives {
+                        if !plan.directives.contains(d) {
+                            plan.directives.push(d.clone());
+                        }
+                    }
+                }
+            }
+        }
+        Decision {
+            action,
+            rule_id: statements[decisive].rule_id.clone(),
+            max_rows: statements.iter().filter_map(|s| s.max_rows).min(),
+            statements,
+        }
+    }
+
+    fn decide_statement(&self, identity: &Identity, st: &StatementInfo) -> StatementDecision {
+        let tables: Vec<&TableName> = st.tables().collect();
+        let tags = self.statement_tags(st, &tables);
+        let (rule_id, action, max_rows) = if st.unresolved_bindings {
+            (
+                "default:unresolved_bindings".to_owned(),
+                default_action(self.defaults.unresolved_bindings, REASON_UNRESOLVED),
+                None,
+            )
+        } else if st.kind == StatementKind::Unknown {
+            (
+                "default:unknown_statement".to_owned(),
+                default_action(self.defaults.unknown_statement, REASON_UNKNOWN),
+                None,
+            )
+        } else {
+            let candidates = &self.by_kind[kind_index(&st.kind)];
+            match candidates
+                .iter()
+                .map(|&i| &self.rules[i as usize])
+                .find(|rule| rule_matches(rule, identity, st, &tables, &tags))
+            {
+                Some(rule) => (rule.id.clone(), rule_action(rule), rule.max_rows),
+                None if matches!(st.kind, StatementKind::Other(_)) => (
+                    "default:unknown_statement".to_owned(),
+                    default_action(self.defaults.unknown_statement, REASON_UNKNOWN),
+                    None,
+                ),
+                None => (
+                    "default:no_rule_matched".to_owned(),
+                    default_action(self.defaults.no_rule_matched, REASON_NO_RULE),
+                    None,
+                ),
+            }
+        };
+        StatementDecision {
+            kind: st.kind.clone(),
+            tables: tables.into_iter().cloned().collect(),
+            columns: st.columns.iter().cloned().collect(),
+            tags: tags.into_iter().map(str::to_owned).collect(),
+            rule_id,
+            action,
+            max_rows,
+        }
+    }
+
+    /// Tags of classified columns the statement may touch: a `*` column touches every
+    /// classified column of its table, a column of unknown table is tried against each table
+    /// of the statement.
+    fn statement_tags<'p>(
+        &'p self,
+        st: &StatementInfo,
+        tables: &[&TableName],
+    ) -> BTreeSet<&'p str> {
+        let mut tags = BTreeSet::new();
+        if self.classifications.is_empty() {
+            return tags;
+        }
+        for column in &st.columns {
+            let col = if column.is_wildcard() {
+                None
+            } else {
+                Some(column.column.as_str())
+            };
+            for class in &self.classifications {
+                let hit = for_each_owner(column, tables, |t| {
+                    let [d, s, tb] = t.map_or([None, None, None], TableName::parts);
+                    class
+                        .columns
+                        .iter()
+                        .any(|g| g.matches(&[d, s, tb, col], true))
+                });
+                if hit {
+                    tags.extend(class.tags.iter().map(String::as_str));
+                }
+            }
+        }
+        tags
+    }
+}
+
+/// Whether `f` holds for some possible owner table of `column`.
+fn for_each_owner(
+    column: &ColumnRef,
+    tables: &[&TableName],
+    mut f: impl FnMut(Option<&TableName>) -> bool,
+) -> bool {
+    match &column.table {
+        Some(t) => f(Some(t)),
+        None if tables.is_empty() => f(None),
+        None => tables.iter().any(|t| f(Some(t))),
+    }
+}
+
+fn rule_action(rule: &Rule) -> Action {
+    let reason = || rule.reason.clone().unwrap_or_default();
+    match rule.action {
+        ActionKind::Allow => Action::Allow,
+        ActionKind::Deny => Action::Deny { reason: reason() },
+        ActionKind::RequireApproval => Action::RequireApproval { reason: reason() },
+        ActionKind::Mask => Action::Mask {
+            plan: MaskPlan {
+                directives: rule
+                    .mask
+                    .iter()
+                    .map(|m| MaskDirective {
+                        rule_id: rule.id.clone(),
+                        columns: m.columns.clone(),
+                        tags: m.tags.clone(),
+                        method: m.method,
+                        keep_last: m.keep_last,
+                    })
+                    .collect(),
+            },
+        },
+    }
+}
+
+fn text_field(globs: &Option<Vec<TextGlob>>, value: Option<&str>, restrictive: bool) -> bool {
+    match (globs, value) {
+        (None, _) => true,
+        (Some(globs), Some(v)) => globs.iter().any(|g| g.matches(v)),
+        (Some(_), None) => restrictive,
+    }
+}
+
+fn identity_matches(m: &Matcher, id: &Identity, restrictive: bool) -> bool {
+    text_field(&m.account, id.account.as_deref(), restrictive)
+        && text_field(&m.user, id.user.as_deref(), restrictive)
+        && text_field(&m.role, id.role.as_deref(), restrictive)
+        && text_field(&m.warehouse, id.warehouse.as_deref(), restrictive)
+        && text_field(&m.database, id.database.as_deref(), restrictive)
+        && text_field(&m.schema, id.schema.as_deref(), restrictive)
+        && match (&m.uid, id.uid) {
+            (None, _) => true,
+            (Some(uids), Some(uid)) => uids.contains(&uid),
+            (Some(_), None) => restrictive,
+        }
+        && text_field(&m.comm, id.comm.as_deref(), restrictive)
+        && text_field(&m.exe, id.exe.as_deref(), restrictive)
+        && text_field(&m.cgroup, id.cgroup_path.as_deref(), restrictive)
+        && text_field(&m.host, id.host.as_deref(), restrictive)
+        && m.claims
+            .iter()
+            .all(|(name, globs)| match id.claims.get(name) {
+                Some(v) => globs.iter().any(|g| g.matches(v)),
+                None => restrictive,
+            })
+}
+
+fn rule_matches(
+    rule: &Rule,
+    identity: &Identity,
+    st: &StatementInfo,
+    tables: &[&TableName],
+    tags: &BTreeSet<&str>,
+) -> bool {
+    let m = &rule.matcher;
+    let restrictive = rule.restrictive();
+    if !identity_matches(m, identity, restrictive) {
+        return false;
+    }
+    if let Some(globs) = &m.tables {
+        let covered = |t: &&TableName| globs.iter().any(|g| g.matches(&t.parts(), restrictive));
+        let ok = if restrictive {
+            tables.iter().any(covered)
+        } else {
+            tables.iter().all(covered)
+        };
+        if !ok {
+            return false;
+        }
+    }
+    if let Some(globs) = &m.columns {
+        let ok = if restrictive {
+            st.columns
+                .iter()
+                .any(|c| for_each_owner(c, tables, |t| column_matches(globs, t, c, true)))
+        } else {
+            // Every possible owner of every column must be covered.
+            st.columns.iter().all(|c| match &c.table {
+                Some(t) => column_matches(globs, Some(t), c, false),
+                None if tables.is_empty() => column_matches(globs, None, c, false),
+                None => tables
+                    .iter()
+                    .all(|t| column_matches(globs, Some(t), c, false)),
+            })
+        };
+        if !ok {
+            return false;
+        }
+    }
+    if let Some(globs) = &m.tags {
+        let covered = |t: &&str| globs.iter().any(|g| g.matches(t));
+        let ok = if restrictive {
+            tags.iter().any(covered)
+        } else {
+            tags.iter().all(covered)
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+fn column_matches(
+    globs: &[NameGlob],
+    table: Option<&TableName>,
+    c: &ColumnRef,
+    restrictive: bool,
+) -> bool {
+    let [d, s, t] = table.map_or([None, None, None], TableName::parts);
+    let col = if c.is_wildcard() {
+        None
+    } else {
+        Some(c.column.as_str())
+    };
+    globs
+        .iter()
+        .any(|g| g.matches(&[d, s, t, col], restrictive))
+}

@@ -1,0 +1,32 @@
+//! Tollgate's policy engine.
+//!
+//! - [`analyze`]: SQL text → [`Analysis`] (statement kinds, tables read and written, columns,
+//!   stage operations), Snowflake dialect, names resolved against the session's database and
+//!   schema. [`redact_literals`] and [`fingerprint`] give the audit trail a literal-free form.
+//! - [`Policy`]: a YAML policy file → validated → compiled once; [`Policy::evaluate`] turns an
+//!   identity and an analysis into a [`Decision`] (allow, deny, mask, require approval) naming
+//!   the deciding rule. Evaluation is pure and takes microseconds.
+//!
+//! This crate does no I/O apart from [`load`], which reads one policy file; it has no runtime,
+//! no sockets, no global state. Reloading a policy means building a new [`Policy`] and swapping
+//! an `Arc` — the caller's business.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod analysis;
+pub mod evaluate;
+pub mod glob;
+pub mod names;
+pub mod policy;
+mod prescan;
+pub mod redact;
+pub mod schema;
+
+pub use analysis::{
+    analyze, Analysis, AnalysisError, StageOp, StageOpKind, StatementInfo, StatementKind, UseKind,
+    UseTarget,
+};
+pub use evaluate::{Action, Decision, EvalInput, Identity, MaskPlan, StatementDecision};
+pub use names::{ColumnRef, NameContext, TableName};
+pub use policy::{load, Issue, Policy, PolicyError};
+pub use redact::{fingerprint, redact_literals};

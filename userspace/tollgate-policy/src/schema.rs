@@ -1,0 +1,242 @@
+//! The policy file format, as deserialised (version 1). [`crate::Policy::compile`] validates it
+//! and compiles it; `policies/README.md` is the user-facing description.
+//!
+//! ```yaml
+//! version: 1
+//! defaults:                       # every field optional; all default to deny (fail closed)
+//!   unparseable_sql: deny         # allow | deny | require_approval
+//!   unknown_statement: deny       # statements of kind `other` no rule names explicitly
+//!   unresolved_bindings: deny     # IDENTIFIER(?), EXECUTE IMMEDIATE :var, …
+//!   no_rule_matched: deny
+//! classifications:                # PHI columns and their tags
+//!   - columns: ["CLINICAL.PUBLIC.PATIENTS.SSN"]   # DB.SCHEMA.TABLE.COLUMN globs
+//!     tags: [phi.ssn]
+//! rules:                          # first matching rule wins, per statement
+//!   - id: analysts-read
+//!     description: …
+//!     match:                      # every field optional; all given fields must match
+//!       snowflake: { account: [], user: [], role: [], warehouse: [], database: [], schema: [] }
+//!       process: { uid: [1000], comm: [], exe: [], cgroup: [] }
+//!       host: []
+//!       claims: { sub: ["ci-*"] }
+//!       statements: [select, read, …]           # kinds and groups
+//!       tables: ["CLINICAL.PUBLIC.*"]           # DB.SCHEMA.TABLE globs
+//!       columns: ["*.*.PATIENTS.SSN"]           # DB.SCHEMA.TABLE.COLUMN globs
+//!       tags: ["phi.*"]                         # classification tags touched
+//!     action: allow               # allow | deny | mask | require_approval
+//!     reason: "…"                 # required for deny / require_approval
+//!     max_rows: 1000
+//!     mask: [{ tags: [phi.ssn], method: partial, keep_last: 4 }]   # required for mask
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A whole policy file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Format version; must be 1.
+    pub version: u32,
+    /// What happens when no rule can decide.
+    #[serde(default)]
+    pub defaults: DefaultsSpec,
+    /// Classified (PHI) columns.
+    #[serde(default)]
+    pub classifications: Vec<ClassificationSpec>,
+    /// The rules, in order: the first matching rule decides a statement.
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+/// The `defaults` section: outcomes that no rule decides.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefaultsSpec {
+    /// The statement text could not be analysed.
+    pub unparseable_sql: DefaultAction,
+    /// A statement of kind `other` that no rule names explicitly.
+    pub unknown_statement: DefaultAction,
+    /// An object name depends on a bind value or dynamic SQL.
+    pub unresolved_bindings: DefaultAction,
+    /// No rule matched.
+    pub no_rule_matched: DefaultAction,
+}
+
+impl Default for DefaultsSpec {
+    fn default() -> Self {
+        Self {
+            unparseable_sql: DefaultAction::Deny,
+            unknown_statement: DefaultAction::Deny,
+            unresolved_bindings: DefaultAction::Deny,
+            no_rule_matched: DefaultAction::Deny,
+        }
+    }
+}
+
+/// What a default does. (Masking needs a plan, so it is not offered here.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultAction {
+    /// Let the statement through.
+    Allow,
+    /// Refuse it.
+    Deny,
+    /// Hold it for a human.
+    RequireApproval,
+}
+
+/// One classification entry: columns (globs) and the tags they carry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassificationSpec {
+    /// `DB.SCHEMA.TABLE.COLUMN` globs.
+    pub columns: Vec<String>,
+    /// Tags (`phi.ssn`): lower case letters, digits, `.`, `_`, `-`.
+    pub tags: Vec<String>,
+}
+
+/// One rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Unique id, carried by every decision and audit record (`[A-Za-z0-9._-]+`).
+    pub id: String,
+    /// Free text for humans.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Conditions; absent means "every statement" (kinds `other`/`unknown` excepted).
+    #[serde(rename = "match", default)]
+    pub matcher: MatchSpec,
+    /// What the rule decides.
+    pub action: ActionKind,
+    /// Shown to the agent; required for `deny` and `require_approval`, refused otherwise.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Row cap for the result (not for `deny`).
+    #[serde(default)]
+    pub max_rows: Option<u64>,
+    /// Masking directives; required for `mask`, refused otherwise.
+    #[serde(default)]
+    pub mask: Vec<MaskSpec>,
+}
+
+/// A rule's action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// Let the statement through.
+    Allow,
+    /// Refuse it with the rule's reason.
+    Deny,
+    /// Let it through with its results masked per the rule's `mask` directives.
+    Mask,
+    /// Hold it until a human approves.
+    RequireApproval,
+}
+
+/// The `match` section of a rule. Every list must be non-empty when present.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    /// Snowflake session identity (globs, case-insensitive).
+    #[serde(default)]
+    pub snowflake: Option<SnowflakeMatchSpec>,
+    /// The agent process (from the eBPF connection record).
+    #[serde(default)]
+    pub process: Option<ProcessMatchSpec>,
+    /// Host names (globs, case-insensitive).
+    #[serde(default)]
+    pub host: Option<Vec<String>>,
+    /// OIDC claims: claim name → globs on its value (case-sensitive).
+    #[serde(default)]
+    pub claims: Option<BTreeMap<String, Vec<String>>>,
+    /// Statement kinds and groups (`select`, `read`, `use_role`, …).
+    #[serde(default)]
+    pub statements: Option<Vec<String>>,
+    /// `DB.SCHEMA.TABLE` globs.
+    #[serde(default)]
+    pub tables: Option<Vec<String>>,
+    /// `DB.SCHEMA.TABLE.COLUMN` globs.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    /// Globs on classification tags the statement touches.
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+}
+
+/// Snowflake identity conditions.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnowflakeMatchSpec {
+    /// Account locator or name.
+    #[serde(default)]
+    pub account: Option<Vec<String>>,
+    /// Login name.
+    #[serde(default)]
+    pub user: Option<Vec<String>>,
+    /// Current (primary) role.
+    #[serde(default)]
+    pub role: Option<Vec<String>>,
+    /// Current warehouse.
+    #[serde(default)]
+    pub warehouse: Option<Vec<String>>,
+    /// Session's current database.
+    #[serde(default)]
+    pub database: Option<Vec<String>>,
+    /// Session's current schema.
+    #[serde(default)]
+    pub schema: Option<Vec<String>>,
+}
+
+/// Process identity conditions.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessMatchSpec {
+    /// Numeric user ids (exact).
+    #[serde(default)]
+    pub uid: Option<Vec<u32>>,
+    /// `comm` (globs, case-sensitive).
+    #[serde(default)]
+    pub comm: Option<Vec<String>>,
+    /// Executable path (globs, case-sensitive).
+    #[serde(default)]
+    pub exe: Option<Vec<String>>,
+    /// cgroup v2 path (globs, case-sensitive).
+    #[serde(default)]
+    pub cgroup: Option<Vec<String>>,
+}
+
+/// One masking directive (consumed by the masking layer).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskSpec {
+    /// `DB.SCHEMA.TABLE.COLUMN` globs to mask.
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// Classification tags to mask.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// How.
+    pub method: MaskMethod,
+    /// For `partial`: how many trailing characters stay visible.
+    #[serde(default)]
+    pub keep_last: Option<u32>,
+}
+
+/// A masking method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskMethod {
+    /// Replace the value with a fixed marker.
+    Redact,
+    /// Keep the last `keep_last` characters.
+    Partial,
+    /// Keyed deterministic token (HMAC): joins still work, values do not leak.
+    Token,
+    /// SQL NULL.
+    Null,
+    /// HIPAA Safe Harbor generalisation (dates → year, ZIP → 3 digits).
+    Generalize,
+}

@@ -1,0 +1,99 @@
+//! Policy errors name the file, the line and the field, and say what is expected.
+
+use tollgate_policy::{Policy, PolicyError};
+
+fn err(text: &str) -> String {
+    Policy::compile(text, "test.yaml")
+        .expect_err("should fail")
+        .to_string()
+}
+
+#[test]
+fn invalid_glob_names_file_line_and_field() {
+    let text = "version: 1
+rules:
+  - id: first
+    action: allow
+  - id: second
+    match:
+      statements: [select]
+      tables: [\"CLINICAL.PUBLIC\"]
+    action: allow
+";
+    let e = err(text);
+    assert!(e.contains("test.yaml:8: rules[1].match.tables[0]: invalid glob `CLINICAL.PUBLIC`: expected 3 dot-separated segments"), "{e}");
+}
+
+#[test]
+fn unknown_fields_and_variants_come_from_serde_with_a_line() {
+    let e = err("version: 1\nrules:\n  - id: a\n    action: allow\n    matchh: {}\n");
+    assert!(e.starts_with("test.yaml:5:"), "{e}");
+    assert!(e.contains("unknown field `matchh`"), "{e}");
+    let e = err("version: 1\nrules:\n  - id: a\n    action: permit\n");
+    assert!(
+        e.starts_with("test.yaml:4:") && e.contains("unknown variant `permit`"),
+        "{e}"
+    );
+    let e = err("version: 1\ndefaults: { unparseable_sql: mask }\n");
+    assert!(e.contains("unknown variant `mask`"), "{e}");
+    let e = err("version: 1\nrules:\n  - action: allow\n");
+    assert!(e.contains("missing field `id`"), "{e}");
+}
+
+#[test]
+fn all_validation_problems_are_listed() {
+    let text = "version: 2
+classifications:
+  - columns: [\"A.B.C\"]
+    tags: [PHI]
+rules:
+  - id: no-reason
+    action: deny
+  - id: dup
+    match:
+      statements: [selectt]
+      snowflake: { role: [] }
+    action: allow
+  - id: dup
+    match:
+      tags: [\"phi.nothing\"]
+    action: mask
+    mask:
+      - { tags: [phi.undeclared], method: partial }
+";
+    let Err(PolicyError::Invalid { issues, .. }) = Policy::compile(text, "t.yaml") else {
+        panic!("expected Invalid")
+    };
+    let got: Vec<String> = issues.iter().map(ToString::to_string).collect();
+    let expect = [
+        "1: version: unsupported version 2",
+        "3: classifications[0].columns[0]: invalid column glob `A.B.C`",
+        "4: classifications[0].tags[0]: invalid tag `PHI`",
+        "7: rules[0].reason: deny and require_approval rules need a `reason`",
+        "10: rules[1].match.statements[0]: unknown statement kind `selectt`",
+        "11: rules[1].match.snowflake.role: an empty list matches nothing",
+        "13: rules[2].id: duplicate rule id `dup`",
+        "15: rules[2].match.tags[0]: `phi.nothing` matches no tag",
+        "18: rules[2].mask[0].tags[0]: tag `phi.undeclared` is not declared",
+        "18: rules[2].mask[0].keep_last: method partial needs keep_last",
+    ];
+    for e in expect {
+        assert!(
+            got.iter().any(|g| g.starts_with(e)),
+            "missing `{e}` in {got:#?}"
+        );
+    }
+}
+
+#[test]
+fn load_reports_missing_files() {
+    let e = tollgate_policy::load(std::path::Path::new("/nonexistent/p.yaml")).unwrap_err();
+    assert!(matches!(e, PolicyError::Read { .. }));
+    assert!(e.to_string().contains("/nonexistent/p.yaml"));
+}
+
+#[test]
+fn a_minimal_policy_compiles() {
+    let p = Policy::compile("version: 1\n", "min.yaml").unwrap();
+    assert_eq!(p.rule_count(), 0);
+}

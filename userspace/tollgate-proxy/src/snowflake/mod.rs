@@ -1,0 +1,648 @@
+//! The Snowflake layer: [`SnowflakeHooks`] plugs into intercepted HTTP ([`ExchangeHooks`]),
+//! understands the driver's requests with `tollgate_wire::snowflake`, keeps one
+//! [`Session`] per Snowflake session across connections, and enforces the policy on every
+//! statement before it can reach Snowflake.
+//!
+//! Phases per exchange:
+//! - `request_filter`: classify the endpoint; for a login, remember who logs in; for a query (or
+//!   an SQL API statement), analyse the SQL against the session's current database and schema,
+//!   evaluate the policy, and either forward the request unchanged or answer with a
+//!   Snowflake-shaped error so the real driver raises its usual ProgrammingError — a refused
+//!   statement never reaches Snowflake. Unknown endpoints follow a configurable default (deny
+//!   by default).
+//! - `response_filter`: a successful login creates the session (its tokens are remembered only
+//!   as digests); a renewal maps the new token to the same session; `final*Name` and `USE`
+//!   keep the identity current; a logout forgets the session.
+//!
+//! Bodies are inspected up to configured caps and re-emitted byte for byte; gzip is detected by
+//! header and magic bytes. SQL text, literals and tokens are never logged: decisions are logged
+//! with the rule id, statement kinds and the literal-free fingerprint.
+
+mod body;
+mod session;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tollgate_policy::{
+    analyze, fingerprint, Action, Analysis, AnalysisError, Decision, EvalInput, Identity,
+    NameContext, Policy, StatementKind,
+};
+use tollgate_wire::snowflake::{
+    classify, decode_body, error_response, parse_authorization, sql_api_error_response, BodyLimits,
+    Endpoint, ErrorReply, LoginRequest, LoginResponse, QueryParams, QueryRequest, QueryResponse,
+    StatementRequest, TokenRequest, TokenResponse,
+};
+use tracing::{info, warn};
+
+pub use session::{Session, SessionTable, SnowflakeIdentity};
+
+use crate::hooks::{
+    ConnectionContext, Exchange, ExchangeHooks, HookFuture, ProxyBody, RequestAction,
+};
+
+/// Error code of every statement Tollgate refuses (Snowflake-shaped replies).
+pub const TOLLGATE_DENIED_CODE: &str = "390901";
+
+/// What to do with requests to endpoints the wire model does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownEndpoints {
+    /// Refuse them with an error (the HIPAA default: nothing unaudited).
+    Deny,
+    /// Forward them (logged with method and path).
+    Forward,
+}
+
+/// Settings of the Snowflake layer.
+#[derive(Debug, Clone)]
+pub struct SnowflakeConfig {
+    /// Unknown endpoints: deny (default) or forward.
+    pub unknown_endpoints: UnknownEndpoints,
+    /// Caps on request bodies (size, decompressed size, gzip ratio).
+    pub request_limits: BodyLimits,
+    /// Responses larger than this (as received) are forwarded without inspection.
+    pub max_inspected_response: usize,
+    /// This host's name, for policies that match on it.
+    pub host: Option<String>,
+}
+
+impl Default for SnowflakeConfig {
+    fn default() -> Self {
+        SnowflakeConfig {
+            unknown_endpoints: UnknownEndpoints::Deny,
+            request_limits: BodyLimits::default(),
+            max_inspected_response: 64 << 20,
+            host: None,
+        }
+    }
+}
+
+/// The Snowflake layer's hooks. Cheap to share: one per proxy.
+pub struct SnowflakeHooks {
+    config: SnowflakeConfig,
+    policy: RwLock<Arc<Policy>>,
+    sessions: SessionTable,
+}
+
+impl std::fmt::Debug for SnowflakeHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnowflakeHooks")
+            .field("config", &self.config)
+            .field("sessions", &self.sessions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `request_filter` leaves for `response_filter`.
+enum Pending {
+    Login {
+        request: SnowflakeIdentity,
+        process: Option<Arc<crate::ProcessIdentity>>,
+    },
+    Statement {
+        session: Option<Arc<Session>>,
+        uses: Vec<(tollgate_policy::UseKind, String)>,
+    },
+    Renewal {
+        session: Arc<Session>,
+    },
+    Logout {
+        session: Arc<Session>,
+    },
+}
+
+/// Why a request was answered by Tollgate itself.
+struct Refusal {
+    sql_api: bool,
+    sql_state: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn into_response(self) -> Response<ProxyBody> {
+        let reply = ErrorReply {
+            code: TOLLGATE_DENIED_CODE,
+            sql_state: self.sql_state,
+            message: &self.message,
+            query_id: None,
+        };
+        let (status, body) = if self.sql_api {
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                sql_api_error_response(reply),
+            )
+        } else {
+            // Drivers turn HTTP 200 + success:false into ProgrammingError; a 4xx/5xx would be
+            // retried or reported as a network failure.
+            (StatusCode::OK, error_response(reply))
+        };
+        let mut resp = Response::new(full(Bytes::from(body)));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut()
+            .insert("x-tollgate-decision", HeaderValue::from_static("refused"));
+        resp
+    }
+}
+
+fn full(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+impl SnowflakeHooks {
+    /// Hooks enforcing `policy`.
+    pub fn new(config: SnowflakeConfig, policy: Arc<Policy>) -> Self {
+        SnowflakeHooks {
+            config,
+            policy: RwLock::new(policy),
+            sessions: SessionTable::default(),
+        }
+    }
+
+    /// Replaces the policy (reload); statements already decided are not affected.
+    pub fn set_policy(&self, policy: Arc<Policy>) {
+        *self.policy.write().expect("policy lock") = policy;
+    }
+
+    /// The live sessions.
+    pub fn sessions(&self) -> &SessionTable {
+        &self.sessions
+    }
+
+    fn policy(&self) -> Arc<Policy> {
+        self.policy.read().expect("policy lock").clone()
+    }
+
+    fn session_of(&self, req: &Request<ProxyBody>) -> Option<Arc<Session>> {
+        let header = req
+            .headers()
+            .get(http::header::AUTHORIZATION)?
+            .to_str()
+            .ok()?;
+        let token = parse_authorization(header)?;
+        self.sessions.get(token.secret().expose())
+    }
+
+    fn identity(&self, conn: &ConnectionContext, session: Option<&Session>) -> Identity {
+        let sf = session.map(Session::identity).unwrap_or_default();
+        let process = session
+            .and_then(|s| s.process.clone())
+            .or_else(|| conn.process.clone());
+        Identity {
+            account: sf.account,
+            user: sf.user,
+            role: sf.role,
+            warehouse: sf.warehouse,
+            database: sf.database,
+            schema: sf.schema,
+            uid: process.as_ref().map(|p| p.uid),
+            comm: process.as_ref().map(|p| p.comm.clone()),
+            exe: process.as_ref().and_then(|p| p.exe.clone()),
+            cgroup_path: process.as_ref().and_then(|p| p.cgroup_path.clone()),
+            host: self.config.host.clone(),
+            claims: Default::default(),
+        }
+    }
+
+    /// Analyses and decides one SQL text for a session; `Err` carries the refusal.
+    fn decide(
+        &self,
+        conn: &ConnectionContext,
+        session: Option<&Arc<Session>>,
+        sql: &str,
+        sql_api: bool,
+    ) -> Result<Vec<(tollgate_policy::UseKind, String)>, Refusal> {
+        let identity = self.identity(conn, session.map(|s| s.as_ref()));
+        let ctx = NameContext {
+            database: identity.database.clone(),
+            schema: identity.schema.clone(),
+        };
+        let analysis: Result<Analysis, AnalysisError> = analyze(sql, &ctx);
+        let policy = self.policy();
+        let decision: Decision = policy.evaluate(&EvalInput {
+            identity: &identity,
+            analysis: analysis.as_ref(),
+        });
+        let kinds: Vec<String> = match &analysis {
+            Ok(a) => a
+                .statements
+                .iter()
+                .map(|s| format!("{:?}", s.kind))
+                .collect(),
+            Err(_) => vec!["unparseable".into()],
+        };
+        let session_id = session.map(|s| s.id.as_str()).unwrap_or("-");
+        let fp = fingerprint(sql);
+        let refuse = |what: &str, reason: &str, sql_state: &'static str| Refusal {
+            sql_api,
+            sql_state,
+            message: format!(
+                "Tollgate {what} this statement (rule {}): {reason}",
+                decision.rule_id
+            ),
+        };
+        match &decision.action {
+            Action::Allow => {
+                info!(conn = %conn.id, session = session_id, rule = %decision.rule_id, ?kinds, fingerprint = %fp, "statement allowed");
+                let uses = analysis
+                    .map(|a| {
+                        a.statements
+                            .iter()
+                            .filter(|s| matches!(s.kind, StatementKind::Use(_)))
+                            .filter_map(|s| s.use_target.as_ref())
+                            .map(|u| (u.kind, u.name.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Ok(uses)
+            }
+            Action::Deny { reason } => {
+                info!(conn = %conn.id, session = session_id, rule = %decision.rule_id, ?kinds, fingerprint = %fp, "statement denied");
+                Err(refuse("denied", reason, "42501"))
+            }
+            Action::RequireApproval { reason } => {
+                info!(conn = %conn.id, session = session_id, rule = %decision.rule_id, ?kinds, fingerprint = %fp, "statement needs approval");
+                Err(refuse(
+                    "requires approval for",
+                    &format!("approval required: {reason}"),
+                    "42501",
+                ))
+            }
+            Action::Mask { .. } => {
+                // Masking of results is not enforced by this version: refusing is the only
+                // answer that keeps PHI from reaching the agent unmasked.
+                info!(conn = %conn.id, session = session_id, rule = %decision.rule_id, ?kinds, fingerprint = %fp, "statement needs masking: refused");
+                Err(refuse(
+                    "refused",
+                    "the policy requires masking its results, which this Tollgate does not enforce yet",
+                    "42501",
+                ))
+            }
+        }
+    }
+
+    async fn on_request(
+        &self,
+        conn: &ConnectionContext,
+        exchange: &mut Exchange,
+        request: Request<ProxyBody>,
+    ) -> RequestAction {
+        let target = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into());
+        let endpoint = classify(request.method().as_str(), &target);
+        let params = QueryParams::from_target(&target);
+        match endpoint {
+            Endpoint::Login => {
+                let (request, body) = match self.read_request(request).await {
+                    Ok(x) => x,
+                    Err(r) => return RequestAction::Respond(r.into_response()),
+                };
+                match LoginRequest::parse(&params, &body) {
+                    Ok(login) => {
+                        exchange.state.insert(Arc::new(Pending::Login {
+                            request: SnowflakeIdentity {
+                                account: login.account.clone(),
+                                user: login.login_name.clone(),
+                                role: login.role.clone(),
+                                warehouse: login.warehouse.clone(),
+                                database: login.database.clone(),
+                                schema: login.schema.clone(),
+                                authenticator: Some(login.authenticator.as_wire().to_owned()),
+                                client: login.client_app_id.clone().map(|app| {
+                                    format!(
+                                        "{app} {}",
+                                        login.client_app_version.clone().unwrap_or_default()
+                                    )
+                                }),
+                            },
+                            process: conn.process.clone(),
+                        }));
+                        RequestAction::Forward(request)
+                    }
+                    Err(e) => RequestAction::Respond(
+                        Refusal {
+                            sql_api: false,
+                            sql_state: "08004",
+                            message: format!("Tollgate could not read this login request: {e}"),
+                        }
+                        .into_response(),
+                    ),
+                }
+            }
+            Endpoint::QueryRequest => {
+                let session = self.session_of(&request);
+                let (request, body) = match self.read_request(request).await {
+                    Ok(x) => x,
+                    Err(r) => return RequestAction::Respond(r.into_response()),
+                };
+                let query = match QueryRequest::parse(&params, &body) {
+                    Ok(q) => q,
+                    Err(e) => {
+                        return RequestAction::Respond(
+                            Refusal {
+                                sql_api: false,
+                                sql_state: "42601",
+                                message: format!("Tollgate could not read this query request: {e}"),
+                            }
+                            .into_response(),
+                        )
+                    }
+                };
+                match self.decide(conn, session.as_ref(), &query.sql_text, false) {
+                    Ok(uses) => {
+                        exchange
+                            .state
+                            .insert(Arc::new(Pending::Statement { session, uses }));
+                        RequestAction::Forward(request)
+                    }
+                    Err(refusal) => RequestAction::Respond(refusal.into_response()),
+                }
+            }
+            Endpoint::SqlApiSubmit => {
+                let (request, body) = match self.read_request(request).await {
+                    Ok(x) => x,
+                    Err(r) => return RequestAction::Respond(r.into_response()),
+                };
+                let statement = match StatementRequest::parse(&body) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        return RequestAction::Respond(
+                            Refusal {
+                                sql_api: true,
+                                sql_state: "42601",
+                                message: format!(
+                                    "Tollgate could not read this statement request: {e}"
+                                ),
+                            }
+                            .into_response(),
+                        )
+                    }
+                };
+                match self.decide(conn, None, &statement.statement, true) {
+                    Ok(_) => RequestAction::Forward(request),
+                    Err(refusal) => RequestAction::Respond(refusal.into_response()),
+                }
+            }
+            Endpoint::TokenRequest => {
+                let (request, body) = match self.read_request(request).await {
+                    Ok(x) => x,
+                    Err(r) => return RequestAction::Respond(r.into_response()),
+                };
+                let session = self.session_of(&request).or_else(|| {
+                    TokenRequest::parse(&params, &body)
+                        .ok()
+                        .and_then(|t| t.old_session_token)
+                        .and_then(|t| self.sessions.get(t.expose()))
+                });
+                if let Some(session) = session {
+                    exchange
+                        .state
+                        .insert(Arc::new(Pending::Renewal { session }));
+                }
+                RequestAction::Forward(request)
+            }
+            Endpoint::SessionDelete => {
+                if let Some(session) = self.session_of(&request) {
+                    exchange.state.insert(Arc::new(Pending::Logout { session }));
+                }
+                RequestAction::Forward(request)
+            }
+            Endpoint::QueryResult { .. } => {
+                let session = self.session_of(&request);
+                exchange.state.insert(Arc::new(Pending::Statement {
+                    session,
+                    uses: Vec::new(),
+                }));
+                RequestAction::Forward(request)
+            }
+            Endpoint::AuthenticatorRequest
+            | Endpoint::Heartbeat
+            | Endpoint::AbortRequest
+            | Endpoint::AbortQuery { .. }
+            | Endpoint::MonitoringQuery { .. }
+            | Endpoint::Telemetry
+            | Endpoint::SqlApiStatus { .. }
+            | Endpoint::SqlApiCancel { .. }
+            | Endpoint::ResultChunk => RequestAction::Forward(request),
+            Endpoint::Unknown { method, path } => match self.config.unknown_endpoints {
+                UnknownEndpoints::Forward => {
+                    warn!(conn = %conn.id, %method, %path, "unknown Snowflake endpoint forwarded");
+                    RequestAction::Forward(request)
+                }
+                UnknownEndpoints::Deny => {
+                    warn!(conn = %conn.id, %method, %path, "unknown Snowflake endpoint refused");
+                    RequestAction::Respond(
+                        Refusal {
+                            sql_api: path.starts_with("/api/"),
+                            sql_state: "0A000",
+                            message: format!(
+                                "Tollgate refused {method} {path}: this endpoint is not understood, and the policy denies what it cannot audit"
+                            ),
+                        }
+                        .into_response(),
+                    )
+                }
+            },
+            other => {
+                warn!(conn = %conn.id, endpoint = other.name(), "endpoint not handled: refused");
+                RequestAction::Respond(
+                    Refusal {
+                        sql_api: false,
+                        sql_state: "0A000",
+                        message: format!(
+                            "Tollgate refused the {} endpoint: not handled by this version",
+                            other.name()
+                        ),
+                    }
+                    .into_response(),
+                )
+            }
+        }
+    }
+
+    /// Buffers and decodes a request body within the caps; the request keeps its original
+    /// bytes.
+    async fn read_request(
+        &self,
+        request: Request<ProxyBody>,
+    ) -> Result<(Request<ProxyBody>, Vec<u8>), Refusal> {
+        let (parts, body) = request.into_parts();
+        let raw = body::collect_capped(body, self.config.request_limits.max_compressed)
+            .await
+            .map_err(|e| Refusal {
+                sql_api: false,
+                sql_state: "54000",
+                message: format!("Tollgate refused the request body: {e}"),
+            })?;
+        let encoding = parts
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok());
+        let decoded =
+            decode_body(encoding, &raw, &self.config.request_limits).map_err(|e| Refusal {
+                sql_api: false,
+                sql_state: "54000",
+                message: format!("Tollgate refused the request body: {e}"),
+            })?;
+        Ok((Request::from_parts(parts, full(raw)), decoded.bytes))
+    }
+
+    async fn on_response(
+        &self,
+        exchange: &mut Exchange,
+        response: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        let Some(pending) = exchange.state.get::<Arc<Pending>>().cloned() else {
+            return response;
+        };
+        let (parts, body) = response.into_parts();
+        let (raw, rest) = match body::collect_prefix(body, self.config.max_inspected_response).await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "upstream response body failed");
+                let mut r = Response::new(full(Bytes::new()));
+                *r.status_mut() = StatusCode::BAD_GATEWAY;
+                return r;
+            }
+        };
+        if let Some(rest) = rest {
+            // Too large to inspect: forwarded as it comes.
+            return Response::from_parts(parts, body::chain(raw, rest));
+        }
+        let encoding = parts
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let limits = BodyLimits {
+            max_compressed: self.config.max_inspected_response,
+            max_decompressed: self.config.max_inspected_response.saturating_mul(4),
+            ..BodyLimits::default()
+        };
+        if let Ok(decoded) = decode_body(encoding.as_deref(), &raw, &limits) {
+            self.observe(&pending, &decoded.bytes);
+        }
+        Response::from_parts(parts, full(raw))
+    }
+
+    /// Updates sessions from a (decoded) response body.
+    fn observe(&self, pending: &Pending, body: &[u8]) {
+        match pending {
+            Pending::Login { request, process } => {
+                let Ok(resp) = LoginResponse::parse(body) else {
+                    return;
+                };
+                if !resp.success {
+                    return;
+                }
+                let mut identity = request.clone();
+                let info = &resp.session_info;
+                identity.database = info.database_name.clone().or(identity.database);
+                identity.schema = info.schema_name.clone().or(identity.schema);
+                identity.warehouse = info.warehouse_name.clone().or(identity.warehouse);
+                identity.role = info.role_name.clone().or(identity.role);
+                let validity =
+                    Duration::from_secs(resp.validity_in_seconds.unwrap_or(3600).max(0) as u64);
+                let master_validity = Duration::from_secs(
+                    resp.master_validity_in_seconds.unwrap_or(14400).max(0) as u64,
+                );
+                let mut tokens = Vec::new();
+                if let Some(t) = &resp.token {
+                    tokens.push((t.expose(), validity));
+                }
+                if let Some(t) = &resp.master_token {
+                    tokens.push((t.expose(), master_validity));
+                }
+                let session = self.sessions.create(identity, process.clone(), &tokens);
+                info!(session = %session.id, "snowflake session started");
+            }
+            Pending::Renewal { session } => {
+                if let Ok(resp) = TokenResponse::parse(body) {
+                    if let Some(t) = &resp.session_token {
+                        let validity = Duration::from_secs(
+                            resp.validity_in_seconds.unwrap_or(3600).max(0) as u64,
+                        );
+                        self.sessions.register(t.expose(), session, validity);
+                    }
+                    if let Some(t) = &resp.master_token {
+                        self.sessions
+                            .register(t.expose(), session, Duration::from_secs(14400));
+                    }
+                }
+            }
+            Pending::Logout { session } => {
+                self.sessions.remove(session);
+                info!(session = %session.id, "snowflake session ended");
+            }
+            Pending::Statement { session, uses } => {
+                let Some(session) = session else {
+                    return;
+                };
+                let Ok(resp) = QueryResponse::parse(body) else {
+                    return;
+                };
+                if !resp.success {
+                    return;
+                }
+                session.update(|id| {
+                    for (kind, name) in uses {
+                        match kind {
+                            tollgate_policy::UseKind::Database => {
+                                id.database = Some(name.clone());
+                                id.schema = None;
+                            }
+                            tollgate_policy::UseKind::Schema => id.schema = Some(name.clone()),
+                            tollgate_policy::UseKind::Warehouse => {
+                                id.warehouse = Some(name.clone())
+                            }
+                            tollgate_policy::UseKind::Role => id.role = Some(name.clone()),
+                            _ => {}
+                        }
+                    }
+                    if let Some(d) = &resp.final_database_name {
+                        id.database = Some(d.clone());
+                    }
+                    if let Some(s) = &resp.final_schema_name {
+                        id.schema = Some(s.clone());
+                    }
+                    if let Some(w) = &resp.final_warehouse_name {
+                        id.warehouse = Some(w.clone());
+                    }
+                    if let Some(r) = &resp.final_role_name {
+                        id.role = Some(r.clone());
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl ExchangeHooks for SnowflakeHooks {
+    fn request_filter<'a>(
+        &'a self,
+        conn: &'a ConnectionContext,
+        exchange: &'a mut Exchange,
+        request: Request<ProxyBody>,
+    ) -> HookFuture<'a, RequestAction> {
+        Box::pin(self.on_request(conn, exchange, request))
+    }
+
+    fn response_filter<'a>(
+        &'a self,
+        _conn: &'a ConnectionContext,
+        exchange: &'a mut Exchange,
+        response: Response<ProxyBody>,
+    ) -> HookFuture<'a, Response<ProxyBody>> {
+        Box::pin(self.on_response(exchange, response))
+    }
+}

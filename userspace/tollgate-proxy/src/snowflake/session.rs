@@ -1,0 +1,210 @@
+//! Snowflake sessions as Tollgate sees them: one per Snowflake session, tied across every TCP
+//! connection the driver opens (pools, parallel chunk fetches) by its session token — never by
+//! socket.
+//!
+//! Tokens are not kept: the table is keyed by the SHA-256 of each token, which is enough to
+//! recognise a token a driver presents again and useless to anyone reading memory dumps or logs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::identity::ProcessIdentity;
+
+/// The Snowflake identity of a session, kept current through `USE …` and the `final*Name`
+/// fields of responses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SnowflakeIdentity {
+    /// Account name as the driver sent it at login.
+    pub account: Option<String>,
+    /// Login name.
+    pub user: Option<String>,
+    /// Current role.
+    pub role: Option<String>,
+    /// Current warehouse.
+    pub warehouse: Option<String>,
+    /// Current database.
+    pub database: Option<String>,
+    /// Current schema.
+    pub schema: Option<String>,
+    /// Authenticator used at login (`SNOWFLAKE`, `OAUTH`, `SNOWFLAKE_JWT`, …).
+    pub authenticator: Option<String>,
+    /// Driver (`PythonConnector 4.8.1`, `JavaScript 3.3.0`, …).
+    pub client: Option<String>,
+}
+
+/// One Snowflake session.
+#[derive(Debug)]
+pub struct Session {
+    /// Tollgate's id for the session (stable across token renewals), for logs and audit.
+    pub id: String,
+    /// The process that logged in (from the redirect), when known.
+    pub process: Option<Arc<ProcessIdentity>>,
+    state: Mutex<SnowflakeIdentity>,
+    created: Instant,
+}
+
+impl Session {
+    /// A snapshot of the current Snowflake identity.
+    pub fn identity(&self) -> SnowflakeIdentity {
+        self.state.lock().expect("session lock").clone()
+    }
+
+    /// Applies a change to the identity (a `USE`, a response's `final*Name`).
+    pub fn update(&self, f: impl FnOnce(&mut SnowflakeIdentity)) {
+        f(&mut self.state.lock().expect("session lock"));
+    }
+
+    /// Time since login.
+    pub fn age(&self) -> Duration {
+        self.created.elapsed()
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+struct Entry {
+    session: Arc<Session>,
+    expires: Instant,
+}
+
+/// Sessions by token digest (session token and master token both map to the session).
+#[derive(Default)]
+pub struct SessionTable {
+    by_token: Mutex<HashMap<[u8; 32], Entry>>,
+    next: AtomicU64,
+}
+
+impl std::fmt::Debug for SessionTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionTable")
+            .field(
+                "tokens",
+                &self.by_token.lock().map(|m| m.len()).unwrap_or(0),
+            )
+            .finish()
+    }
+}
+
+/// Upper bound on remembered tokens; the oldest-expiring are evicted beyond it.
+const MAX_TOKENS: usize = 100_000;
+
+impl SessionTable {
+    /// Creates a session after a successful login and registers its tokens.
+    pub fn create(
+        &self,
+        identity: SnowflakeIdentity,
+        process: Option<Arc<ProcessIdentity>>,
+        tokens: &[(&str, Duration)],
+    ) -> Arc<Session> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let session = Arc::new(Session {
+            id: format!("{:x}-{n}", std::process::id()),
+            process,
+            state: Mutex::new(identity),
+            created: Instant::now(),
+        });
+        for (token, validity) in tokens {
+            self.register(token, &session, *validity);
+        }
+        session
+    }
+
+    /// Maps one more token (a renewed session token) to `session`.
+    pub fn register(&self, token: &str, session: &Arc<Session>, validity: Duration) {
+        if token.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut map = self.by_token.lock().expect("session table lock");
+        if map.len() >= MAX_TOKENS {
+            map.retain(|_, e| e.expires > now);
+        }
+        map.insert(
+            digest(token),
+            Entry {
+                session: session.clone(),
+                // Drivers renew before expiry and Snowflake answers 390112 after it; keep a
+                // margin so a late renewal still finds its session.
+                expires: now + validity + Duration::from_secs(600),
+            },
+        );
+    }
+
+    /// The session a token belongs to.
+    pub fn get(&self, token: &str) -> Option<Arc<Session>> {
+        let map = self.by_token.lock().expect("session table lock");
+        map.get(&digest(token))
+            .filter(|e| e.expires > Instant::now())
+            .map(|e| e.session.clone())
+    }
+
+    /// Forgets every token of `session` (logout).
+    pub fn remove(&self, session: &Arc<Session>) {
+        let mut map = self.by_token.lock().expect("session table lock");
+        map.retain(|_, e| !Arc::ptr_eq(&e.session, session));
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        let map = self.by_token.lock().expect("session table lock");
+        let mut ids: Vec<&str> = map.values().map(|e| e.session.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
+    }
+
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_tie_to_one_session_and_logout_forgets_them() {
+        let t = SessionTable::default();
+        let s = t.create(
+            SnowflakeIdentity {
+                user: Some("AGENT".into()),
+                ..Default::default()
+            },
+            None,
+            &[
+                ("session-token", Duration::from_secs(60)),
+                ("master-token", Duration::from_secs(600)),
+            ],
+        );
+        assert!(Arc::ptr_eq(&t.get("session-token").unwrap(), &s));
+        assert!(Arc::ptr_eq(&t.get("master-token").unwrap(), &s));
+        t.register("renewed", &s, Duration::from_secs(60));
+        assert_eq!(t.get("renewed").unwrap().id, s.id);
+        assert_eq!(t.len(), 1);
+        assert!(t.get("other").is_none());
+        t.remove(&s);
+        assert!(t.get("session-token").is_none() && t.get("renewed").is_none());
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn identity_updates_are_seen_by_every_holder() {
+        let t = SessionTable::default();
+        let s = t.create(
+            SnowflakeIdentity::default(),
+            None,
+            &[("a", Duration::from_secs(5))],
+        );
+        t.get("a")
+            .unwrap()
+            .update(|i| i.database = Some("CLINICAL".into()));
+        assert_eq!(s.identity().database.as_deref(), Some("CLINICAL"));
+    }
+}
