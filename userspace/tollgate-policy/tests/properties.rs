@@ -204,4 +204,14 @@ proptest! {
         let _ = tollgate_policy::redact_literals(&text);
         let _ = tollgate_policy::fingerprint(&text);
     }
+
+    #[test]
+    fn string_literals_never_survive_redaction(
+        prefix in "[a-z0-9 ,=()*]{0,40}",
+        secret in "[A-Z]{12}",
+        suffix in "[a-z0-9 ,=()*]{0,40}",
+    ) {
+        let sql = format!("{prefix} '{secret}' {suffix}");
+        prop_assert!(!tollgate_policy::redact_literals(&sql).contains(&secret));
+    }
 }

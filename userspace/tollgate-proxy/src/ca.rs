@@ -300,7 +300,10 @@ impl CertificateAuthority {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, host);
         params.distinguished_name = dn;
-        params.is_ca = IsCa::ExplicitNoCa;
+        // No BasicConstraints at all: rcgen's `ExplicitNoCa` writes `cA FALSE`, a DEFAULT value
+        // that DER forbids encoding, and the strict parser of snowflake-connector-python
+        // (`cryptography`) then rejects the certificate after the handshake.
+        params.is_ca = IsCa::NoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;

@@ -85,3 +85,22 @@ fn refuses_unsafe_or_incomplete_state() {
         Err(CaError::Missing(_))
     ));
 }
+
+/// Regression: leaves carried `BasicConstraints { cA: FALSE }` encoded explicitly, a DER
+/// violation (DEFAULT values are omitted) that snowflake-connector-python's `cryptography`
+/// parser rejects with `ParseError { kind: EncodedDefault, location: ["BasicConstraints::ca"] }`.
+#[test]
+fn leaf_has_no_explicit_default_basic_constraints() {
+    use x509_parser::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _) = CertificateAuthority::load_or_create(dir.path()).unwrap();
+    let leaf = ca.leaf_for("acct.snowflakecomputing.com").unwrap();
+    let (_, cert) = X509Certificate::from_der(&leaf.cert[0]).unwrap();
+    assert!(
+        cert.basic_constraints().unwrap().is_none(),
+        "a leaf needs no BasicConstraints, and an encoded cA=FALSE breaks strict DER parsers"
+    );
+    // The DER encoding of `BOOLEAN FALSE` (01 01 00) must not appear inside the extensions.
+    let bc_oid = [0x06, 0x03, 0x55, 0x1d, 0x13];
+    assert!(!leaf.cert[0].windows(5).any(|w| w == bc_oid));
+}

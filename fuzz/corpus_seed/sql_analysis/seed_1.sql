@@ -1,0 +1,1 @@
+SELECT name, dob FROM patients WHERE mrn = ?

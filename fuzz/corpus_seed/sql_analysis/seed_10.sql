@@ -1,0 +1,1 @@
+CREATE TABLE x CLONE "Clinical"."Public"."Patients"

@@ -1,0 +1,1 @@
+WITH patients AS (SELECT * FROM patients) SELECT * FROM patients

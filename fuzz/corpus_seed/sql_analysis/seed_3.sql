@@ -1,0 +1,1 @@
+select 1; copy into @x from patients; select ';'

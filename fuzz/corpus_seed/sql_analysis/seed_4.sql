@@ -1,0 +1,1 @@
+GET @exports/p file:///tmp/;DROP TABLE patients

@@ -1,0 +1,1 @@
+PUT 'file:///tmp/a b.csv' @~/in auto_compress=true

@@ -1,0 +1,1 @@
+EXECUTE IMMEDIATE $$COPY INTO @x FROM clinical.public.patients$$

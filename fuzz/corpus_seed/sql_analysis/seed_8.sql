@@ -1,0 +1,1 @@
+USE SCHEMA ehr; INSERT INTO analytics.t SELECT icd10_code FROM diagnoses
