@@ -1,169 +1,165 @@
 //! `cargo xtask demo`: Tollgate's main job on embedded defaults, end to end on this host.
 //!
-//! 1. A test host (network namespace) plays Snowflake: a TLS server for
-//!    `demo-acct.snowflakecomputing.com`, and for a non-Snowflake name, `api.example.test`.
-//! 2. An unmodified agent (`curl`) runs in an agents cgroup, in a private mount namespace whose
-//!    /etc/hosts resolves those names to the test host. Its host trusts Tollgate's CA the way an
-//!    installer sets it up (`CURL_CA_BUNDLE` = the public roots + Tollgate's CA).
-//! 3. Tollgate redirects the agent's connections with eBPF, intercepts the Snowflake name (TLS
-//!    terminated with a minted certificate, upstream verified), passes the other name through
-//!    byte for byte, and writes a record per connection.
-//! 4. Fail closed: Tollgate is SIGKILLed, the agent's next connection is refused (never direct),
-//!    and a restart resumes interception with no duplicate links.
+//! 1. A test host (network namespace) plays Snowflake: the stand-in (fakesnow behind a wrapper
+//!    that adds what real Snowflake has — master tokens, renewal, 333333, chunks from a storage
+//!    host) serving `demo-acct.snowflakecomputing.com` over real TLS.
+//! 2. Unmodified agents — a script on the real `snowflake-connector-python`, and one on the real
+//!    Node `snowflake-sdk` — run in an agents cgroup, in a private mount namespace whose
+//!    /etc/hosts resolves the real hostnames to the test host. Their host trusts Tollgate's CA
+//!    the way an installer sets it up.
+//! 3. Tollgate redirects their connections with eBPF, terminates TLS for the Snowflake name
+//!    (upstream verified), enforces `policies/demo.yaml` on every statement, passes result
+//!    chunks from the storage host through, and writes a record per connection.
+//! 4. Fail closed: Tollgate is SIGKILLed and the agent's next connection is refused (never
+//!    direct); a restart resumes interception with no duplicate links.
 
-use std::fs;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use tollgate_e2e::{Cgroup, Scratch, Service, TestHost, Tollgate, TollgateOpts};
-
-const SNOWFLAKE_HOST: &str = "demo-acct.snowflakecomputing.com";
-const OTHER_HOST: &str = "api.example.test";
+use anyhow::{bail, Result};
+use serde_json::Value;
+use tollgate_e2e::snowflake::{run_node, run_python, AgentEnv, Standin, StandinOpts, Statement};
+use tollgate_e2e::{Cgroup, Scratch, TestHost, Tollgate, TollgateOpts};
 
 fn step(s: &str) {
     println!("\n\x1b[1m== {s}\x1b[0m");
+}
+
+fn show(results: &[Value], statements: &[&str]) {
+    for (sql, r) in statements.iter().zip(results) {
+        println!("   agent> {sql}");
+        if r["ok"] == true {
+            if let Some(n) = r["nrows"].as_u64() {
+                println!(
+                    "      ok: {n} rows (sha256 {})",
+                    r["rows_sha256"].as_str().unwrap_or("?")
+                );
+            } else {
+                println!("      ok: {}", r["rows"]);
+            }
+        } else {
+            println!(
+                "      {}: {}",
+                r["error"].as_str().unwrap_or("error"),
+                r["message"].as_str().unwrap_or("")
+            );
+        }
+    }
 }
 
 /// Runs the demo.
 pub fn demo(root: &Path) -> Result<()> {
     std::env::set_var("TOLLGATE_BIN_DIR", root.join("target/debug"));
     let scratch = Scratch::new("demo")?;
-    let testkit = root.join("target/debug/tollgate-testkit");
 
-    step("A test host plays Snowflake (and one other HTTPS service)");
+    step("A test host plays Snowflake: demo-acct.snowflakecomputing.com over TLS");
     let host = TestHost::create()?;
-    let pki = scratch.join("testhost-pki");
-    tollgate_e2e::run(Command::new(&testkit).args([
-        "gen-ca",
-        "--dir",
-        pki.to_str().unwrap(),
-        "--names",
-        &format!("{SNOWFLAKE_HOST},{OTHER_HOST}"),
-    ]))?;
-    let mut serve = host.command(&testkit);
-    serve
-        .args(["serve", "--mode", "https", "--listen"])
-        .arg(host.v4(443).to_string())
-        .arg("--cert")
-        .arg(pki.join("server.pem"))
-        .arg("--key")
-        .arg(pki.join("server.key"));
-    let mut standin = Service::spawn(serve, &scratch.join("standin.log"))?;
-    standin.wait_line(Duration::from_secs(10), |l| l.contains("listening"))?;
+    let standin = Standin::start(&host, &scratch, StandinOpts::default())?;
     println!(
-        "test host {} ({}): serving {SNOWFLAKE_HOST} and {OTHER_HOST} on :443",
-        host.name, host.ip4
+        "   test host {} at {}: {} (result chunks from {})",
+        host.name,
+        host.ip4,
+        standin.account_host(),
+        standin.opts.storage_host
     );
 
     step(
-        "Tollgate starts: eBPF redirect on the agents cgroup, TLS interception for Snowflake names",
+        "Tollgate starts: eBPF redirect on the agents cgroup, TLS interception, policies/demo.yaml",
     );
     let top = Cgroup::create(&format!("tollgate-demo-{}", std::process::id()))?;
     let agents = top.child("agents")?;
+    let policy = root.join("policies/demo.yaml");
     let mut tollgate = Tollgate::start(
         &scratch,
         TollgateOpts {
             cgroups: vec![agents.path.clone()],
-            upstream_roots: Some(pki.join("ca.pem")),
-            extra: vec!["--unknown-endpoints".into(), "forward".into()],
+            upstream_roots: Some(standin.ca_pem()),
+            extra: vec!["--policy".into(), policy.display().to_string()],
             ..TollgateOpts::default()
         },
     )?;
     println!(
-        "tollgate pid {} listening on 127.0.0.1:{} and [::1]:{}; agents cgroup {}",
-        tollgate.service.as_ref().unwrap().pid(),
+        "   tollgate pid {} on 127.0.0.1:{} and [::1]:{}; agents cgroup {}; CA {}",
+        tollgate.service.as_ref().map(|s| s.pid()).unwrap_or(0),
         tollgate.listen_port,
         tollgate.listen_port,
-        agents.path.display()
+        agents.path.display(),
+        tollgate.ca_cert().display()
     );
-    print!(
-        "{}",
-        tollgate_e2e::run(
-            tollgate
-                .cli()
-                .args(["ca", "show", "--state-dir"])
-                .arg(&tollgate.state_dir)
-        )?
-        .lines()
-        .next()
-        .unwrap_or_default()
-    );
-    println!();
-
-    // The host-level trust step an installer performs: public roots (here: the test host's CA,
-    // standing in for them) plus Tollgate's CA.
-    let bundle = scratch.join("agent-ca-bundle.pem");
-    fs::write(
-        &bundle,
-        [fs::read(pki.join("ca.pem"))?, fs::read(tollgate.ca_cert())?].concat(),
-    )?;
-    let hosts = scratch.join("hosts");
-    fs::write(
-        &hosts,
-        format!(
-            "127.0.0.1 localhost\n{ip} {SNOWFLAKE_HOST}\n{ip} {OTHER_HOST}\n",
-            ip = host.ip4
-        ),
-    )?;
-    let agent = |url: &str| -> Result<(bool, String)> {
-        let mut c = Command::new("unshare");
-        c.args(["--mount", "--", "sh", "-c"])
-            .arg(format!(
-                "mount --bind {} /etc/hosts && exec curl -sS -v --max-time 10 -X POST -d '{{}}' {url}",
-                hosts.display()
-            ))
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("CURL_CA_BUNDLE", &bundle);
-        agents.place(&mut c);
-        let out = c.output().context("running the agent (curl)")?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let issuer = stderr
-            .lines()
-            .find(|l| l.contains("issuer:"))
-            .map(|l| l.trim_start_matches(['*', ' ']).to_owned())
-            .unwrap_or_default();
-        let err = stderr
-            .lines()
-            .find(|l| l.starts_with("curl:"))
-            .unwrap_or_default();
-        let body = String::from_utf8_lossy(&out.stdout);
-        Ok((
-            out.status.success(),
-            format!("{issuer}{err}\n   response: {}", body.trim()),
-        ))
+    let tollgate_ca = tollgate.ca_cert();
+    let env = || -> AgentEnv {
+        let mut e = standin.agent_env(&scratch);
+        e.ca_roots.push(tollgate_ca.clone());
+        e
     };
 
-    step(&format!(
-        "The agent (curl, unmodified) calls https://{SNOWFLAKE_HOST}: intercepted"
-    ));
-    let (ok, out) = agent(&format!("https://{SNOWFLAKE_HOST}/status"))?;
-    println!("   {out}");
-    if !ok {
-        bail!(
-            "the intercepted request failed; tollgate log:\n{}",
-            tollgate.log()
-        );
+    step("The Python agent (snowflake-connector-python, unmodified) runs its statements");
+    let sqls = [
+        "SELECT ID, NAME, DOB FROM PATIENTS ORDER BY ID",
+        "SELECT * FROM BULK.PUBLIC.EVENTS ORDER BY ID",
+        "SELECT * FROM CLINICAL.EHR.VISITS",
+        "GET @clinical_stage/patients.csv file:///tmp/",
+        "INSERT INTO PATIENTS (ID, NAME) VALUES (99, 'Mallory')",
+        "SELECT 1; SELECT * FROM VISITS",
+    ];
+    let statements: Vec<Statement> = sqls
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let st = Statement::sql(s);
+            if i == 1 {
+                st.digest()
+            } else {
+                st
+            }
+        })
+        .collect();
+    let seen_before = standin.requests().len();
+    let out = run_python(&agents.path, env(), &statements)?;
+    show(&out, &sqls);
+    if out[0]["ok"] != true || out[2]["ok"] != false {
+        bail!("unexpected outcome; tollgate log:\n{}", tollgate.log());
     }
+    let reached: Vec<String> = standin.requests()[seen_before..]
+        .iter()
+        .filter_map(|r| r["sqlText"].as_str().map(str::to_owned))
+        .collect();
+    println!("   statements that reached Snowflake: {reached:?}");
 
-    step(&format!(
-        "The agent calls https://{OTHER_HOST}: passed through byte for byte"
-    ));
-    let (ok, out) = agent(&format!("https://{OTHER_HOST}/status"))?;
-    println!("   {out}");
-    if !ok {
-        bail!(
-            "the pass-through request failed; tollgate log:\n{}",
-            tollgate.log()
+    step("The Node agent (snowflake-sdk, unmodified) reads JSON results through the same path");
+    let node_sqls = [
+        "SELECT ID, NAME FROM CLINICAL.EHR.PATIENTS ORDER BY ID",
+        "SELECT * FROM CLINICAL.EHR.VISITS",
+    ];
+    let out = run_node(
+        &agents.path,
+        env(),
+        &node_sqls
+            .iter()
+            .map(|s| Statement::sql(s))
+            .collect::<Vec<_>>(),
+    )?;
+    show(&out, &node_sqls);
+
+    step("Connection records (one JSON line per connection; chunk downloads passed through)");
+    std::thread::sleep(Duration::from_millis(300));
+    for r in tollgate.records().iter().take(12) {
+        println!(
+            "   {} {} → {} sni={} pid={} comm={} exe={} cgroup={} verified={} requests={} up={}B down={}B ({})",
+            r["decision"].as_str().unwrap_or("?"),
+            r["client"].as_str().unwrap_or("?"),
+            r["original_dst"].as_str().unwrap_or("?"),
+            r["sni"].as_str().unwrap_or("-"),
+            r["process"]["tgid"],
+            r["process"]["comm"].as_str().unwrap_or("?"),
+            r["process"]["exe"].as_str().unwrap_or("?"),
+            r["process"]["cgroup_path"].as_str().unwrap_or("?"),
+            r["upstream_verified"],
+            r["requests"],
+            r["bytes_up"],
+            r["bytes_down"],
+            r["close_reason"].as_str().unwrap_or("?"),
         );
-    }
-
-    step("Connection records (one JSON line per connection)");
-    tollgate.wait_record(Duration::from_secs(5), |r| r["decision"] == "passthrough")?;
-    for r in tollgate.records() {
-        println!("   {r}");
     }
 
     step("tollgate status");
@@ -178,27 +174,29 @@ pub fn demo(root: &Path) -> Result<()> {
         )?
     );
 
-    step("Fail closed: SIGKILL tollgate; the agent's next connection is refused, never direct");
+    step("Fail closed: SIGKILL tollgate; the agent cannot connect, and never goes direct");
     tollgate.kill();
-    let seen_before = standin.lines().len();
-    let (ok, out) = agent(&format!("https://{SNOWFLAKE_HOST}/status"))?;
-    println!("   {out}");
-    if ok {
-        bail!("the agent reached the stand-in while tollgate was down");
+    let before = standin.requests().len();
+    let mut quick = env();
+    quick.timeout = Duration::from_secs(60);
+    let out = run_python(&agents.path, quick, &[Statement::sql("SELECT 1")])?;
+    show(&out, &["SELECT 1"]);
+    if out.first().map(|r| r["ok"] == true).unwrap_or(false) {
+        bail!("the agent reached Snowflake while tollgate was down");
     }
-    std::thread::sleep(Duration::from_millis(200));
     println!(
-        "   the stand-in saw {} new connection(s)",
-        standin.lines().len() - seen_before
+        "   the stand-in saw {} request(s) meanwhile",
+        standin.requests().len() - before
     );
 
-    step("Restart: interception resumes, links are replaced, not duplicated");
+    step("Restart: interception resumes; links are replaced, not duplicated");
     tollgate.restart()?;
-    let (ok, out) = agent(&format!("https://{SNOWFLAKE_HOST}/status"))?;
-    println!("   {out}");
-    if !ok {
-        bail!("the request after restart failed");
-    }
+    let out = run_python(
+        &agents.path,
+        env(),
+        &[Statement::sql("SELECT COUNT(*) FROM PATIENTS")],
+    )?;
+    show(&out, &["SELECT COUNT(*) FROM PATIENTS"]);
     print!(
         "{}",
         tollgate_e2e::run(
