@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
+use tollgate_e2e::snowflake::{run_node, run_python, AgentEnv, Standin, StandinOpts, Statement};
 use tollgate_e2e::{place_in_cgroup, Cgroup, Scratch, Service, TestHost, Tollgate, TollgateOpts};
 
 const SF_NAME: &str = "bench.snowflakecomputing.com";
@@ -318,4 +319,145 @@ fn chrono_now() -> String {
         .output();
     out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
+}
+
+/// Per-query latency percentiles (µs) of an agent run, skipping the first `warmup` statements.
+fn query_latency(results: &[Value], warmup: usize) -> Result<(f64, f64)> {
+    let mut us: Vec<f64> = results
+        .iter()
+        .skip(warmup)
+        .map(|r| {
+            anyhow::ensure!(r["ok"] == true, "a benchmark query failed: {r}");
+            Ok(r["elapsed_us"].as_f64().unwrap_or(f64::NAN))
+        })
+        .collect::<Result<_>>()?;
+    us.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| us[((us.len() as f64 - 1.0) * q).round() as usize];
+    Ok((at(0.5), at(0.99)))
+}
+
+/// `cargo xtask bench --only enforcement`: the Snowflake layer's figures — policy evaluation
+/// and SQL analysis (the policy crate's harness), and the latency Tollgate adds per query with
+/// the real drivers, against the stand-in directly in the same run.
+pub fn enforcement(root: &Path, out: &Path) -> Result<()> {
+    std::env::set_var("TOLLGATE_BIN_DIR", root.join("target/release"));
+    eprintln!("bench: policy evaluation and SQL analysis");
+    let policy_out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["bench", "-q", "-p", "tollgate-policy"])
+        .output()
+        .context("running cargo bench -p tollgate-policy")?;
+    anyhow::ensure!(
+        policy_out.status.success(),
+        "cargo bench -p tollgate-policy failed: {}",
+        String::from_utf8_lossy(&policy_out.stderr)
+    );
+    let policy_figures = String::from_utf8_lossy(&policy_out.stdout).into_owned();
+
+    let scratch = Scratch::new("bench-enf")?;
+    let host = TestHost::create()?;
+    let standin = Standin::start(&host, &scratch, StandinOpts::default())?;
+    let top = Cgroup::create(&format!("tollgate-bench-enf-{}", std::process::id()))?;
+    let agents = top.child("agents")?;
+    let direct = top.child("direct")?;
+    let tg = Tollgate::start(
+        &scratch,
+        TollgateOpts {
+            cgroups: vec![agents.path.clone()],
+            upstream_roots: Some(standin.ca_pem()),
+            extra: vec![
+                "--policy".into(),
+                root.join("policies/demo.yaml").display().to_string(),
+            ],
+            ..TollgateOpts::default()
+        },
+    )?;
+    let n = 300;
+    let warmup = 20;
+    let statements: Vec<Statement> = (0..n)
+        .map(|i| {
+            Statement::sql(&format!(
+                "SELECT ID, NAME FROM CLINICAL.EHR.PATIENTS WHERE ID = {}",
+                1 + i % 3
+            ))
+        })
+        .collect();
+    let via_env = || -> AgentEnv {
+        let mut e = standin.agent_env(&scratch);
+        e.ca_roots.push(tg.ca_cert());
+        e.timeout = Duration::from_secs(300);
+        e
+    };
+    let direct_env = || -> AgentEnv {
+        let mut e = standin.agent_env(&scratch);
+        e.timeout = Duration::from_secs(300);
+        e
+    };
+    let mut md = String::new();
+    writeln!(md, "# Enforcement benchmarks\n")?;
+    writeln!(
+        md,
+        "`cargo xtask bench --only enforcement` (release build), {} on this machine ({} cores).\n",
+        chrono_now(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    )?;
+    writeln!(
+        md,
+        "## Policy evaluation and SQL analysis (`cargo bench -p tollgate-policy`)\n"
+    )?;
+    writeln!(md, "{}", policy_figures.trim())?;
+    writeln!(
+        md,
+        "\n## Added latency per query, real drivers, stand-in on a test host\n"
+    )?;
+    writeln!(
+        md,
+        "{n} point queries per run (first {warmup} not counted), one session; direct = the same agent from a cgroup that is not redirected.\n"
+    )?;
+    writeln!(
+        md,
+        "| driver | direct p50 | via Tollgate p50 | added p50 | ratio | direct p99 | via p99 |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|")?;
+    for (name, run) in [
+        (
+            "python (Arrow)",
+            run_python as fn(&Path, AgentEnv, &[Statement]) -> Result<Vec<Value>>,
+        ),
+        ("node (JSON)", run_node),
+    ] {
+        eprintln!("bench: {name} direct and via tollgate");
+        // Interleave two rounds of each so drift on a shared machine hits both sides.
+        let mut d = Vec::new();
+        let mut v = Vec::new();
+        for _ in 0..2 {
+            d.extend(
+                run(&direct.path, direct_env(), &statements)?
+                    .into_iter()
+                    .skip(warmup),
+            );
+            v.extend(
+                run(&agents.path, via_env(), &statements)?
+                    .into_iter()
+                    .skip(warmup),
+            );
+        }
+        let (d50, d99) = query_latency(&d, 0)?;
+        let (v50, v99) = query_latency(&v, 0)?;
+        writeln!(
+            md,
+            "| {name} | {d50:.0} µs | {v50:.0} µs | {:.0} µs | {:.2}× | {d99:.0} µs | {v99:.0} µs |",
+            v50 - d50,
+            v50 / d50
+        )?;
+    }
+    println!("{md}");
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, &md)?;
+    eprintln!("bench: written to {}", out.display());
+    drop(tg);
+    Ok(())
 }

@@ -44,11 +44,14 @@ enum Cmd {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
-    /// Run the benchmarks and record the figures.
+    /// Run the benchmarks and record the figures (markdown under tests/bench/).
     Bench {
-        /// Where to write the results (markdown).
-        #[arg(long, default_value = "tests/bench/foundation.md")]
+        /// Directory for the results.
+        #[arg(long, default_value = "tests/bench")]
         out: PathBuf,
+        /// Only this part: `foundation` or `enforcement`.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -73,10 +76,16 @@ fn main() -> Result<()> {
             setup::setup()?;
             test(no_lint, &cargo_args)
         }
-        Cmd::Bench { out } => {
+        Cmd::Bench { out, only } => {
             setup::setup()?;
             build(true)?;
-            bench::bench(&root, &out)
+            if only.as_deref().is_none_or(|o| o == "foundation") {
+                bench::bench(&root, &out.join("foundation.md"))?;
+            }
+            if only.as_deref().is_none_or(|o| o == "enforcement") {
+                bench::enforcement(&root, &out.join("enforcement.md"))?;
+            }
+            Ok(())
         }
     }
 }

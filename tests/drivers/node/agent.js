@@ -135,7 +135,12 @@ async function main() {
       const results = await Promise.all(stmts.map((s) => execute(conn, s)));
       for (const r of results) console.log(JSON.stringify(r));
     } else {
-      for (const s of stmts) console.log(JSON.stringify(await execute(conn, s)));
+      for (const s of stmts) {
+        const started = process.hrtime.bigint();
+        const r = await execute(conn, s);
+        r.elapsed_us = Number((process.hrtime.bigint() - started) / 1000n);
+        console.log(JSON.stringify(r));
+      }
     }
   } finally {
     await new Promise((res) => conn.destroy(() => res()));

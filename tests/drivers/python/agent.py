@@ -28,6 +28,7 @@ import datetime as dt
 import decimal
 import hashlib
 import json
+import time
 import math
 import sys
 import threading
@@ -130,7 +131,10 @@ def main() -> int:
                 print(json.dumps(r), flush=True)
         else:
             for s in stmts:
-                print(json.dumps(run_one(conn, s)), flush=True)
+                started = time.perf_counter()
+                r = run_one(conn, s)
+                r["elapsed_us"] = round((time.perf_counter() - started) * 1e6)
+                print(json.dumps(r), flush=True)
     finally:
         conn.close()
     return 0

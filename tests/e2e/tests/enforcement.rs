@@ -126,6 +126,7 @@ fn strip_ids(mut v: Vec<Value>) -> Vec<Value> {
     for r in &mut v {
         if let Some(o) = r.as_object_mut() {
             o.remove("query_id");
+            o.remove("elapsed_us");
         }
     }
     v

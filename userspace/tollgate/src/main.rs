@@ -26,7 +26,7 @@ enum Command {
     ///
     /// The redirect stays pinned in the kernel after tollgate exits (agents then get
     /// "connection refused", never a direct path); `tollgate detach` removes it.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Manage the interception CA that agents' hosts trust.
     #[command(subcommand)]
     Ca(CaCommand),

@@ -22,7 +22,7 @@ pub enum PolicyCommand {
         files: Vec<PathBuf>,
     },
     /// Print the decision for a statement as JSON (decision, rule, tables, columns, mask plan).
-    Explain(ExplainArgs),
+    Explain(Box<ExplainArgs>),
 }
 
 /// `tollgate policy explain` arguments: the statement and who runs it.
@@ -106,6 +106,7 @@ pub fn run(cmd: PolicyCommand) -> Result<()> {
             Ok(())
         }
         PolicyCommand::Explain(a) => {
+            let a = *a;
             let policy = load_policy(&a.policy)?;
             let mut claims = BTreeMap::new();
             for c in &a.claims {
