@@ -29,7 +29,10 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// A short tag unique within this machine for the life of a test run (pid + counter), usable in
 /// interface names (which the kernel caps at 15 bytes).
 pub fn unique_tag() -> String {
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    tag_of(COUNTER.fetch_add(1, Ordering::SeqCst))
+}
+
+fn tag_of(n: u32) -> String {
     format!("{:x}{:x}", std::process::id() % 0xfffff, n)
 }
 
@@ -92,9 +95,11 @@ pub struct TestHost {
 impl TestHost {
     /// Creates a fresh test host.
     pub fn create() -> Result<Self> {
-        let tag = unique_tag();
-        // A /30 per host inside 198.18.0.0/15, picked from the tag so parallel tests differ.
-        let idx = (std::process::id() * 64 + COUNTER.load(Ordering::SeqCst)) % 32000;
+        // One counter value names the host and picks its /30 inside 198.18.0.0/15, so hosts
+        // created at once by parallel tests never share addresses.
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let tag = tag_of(n);
+        let idx = (std::process::id().wrapping_mul(64).wrapping_add(n)) % 32000;
         let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + idx * 4;
         let gateway4 = Ipv4Addr::from(base + 1);
         let ip4 = Ipv4Addr::from(base + 2);

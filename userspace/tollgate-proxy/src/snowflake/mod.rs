@@ -119,6 +119,9 @@ struct Refusal {
     sql_api: bool,
     sql_state: &'static str,
     message: String,
+    /// The request body was not read to its end: the connection must close after the reply,
+    /// or a client still uploading would wait for its own timeout.
+    close: bool,
 }
 
 impl Refusal {
@@ -147,6 +150,10 @@ impl Refusal {
         );
         resp.headers_mut()
             .insert("x-tollgate-decision", HeaderValue::from_static("refused"));
+        if self.close && !self.sql_api {
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }
@@ -246,6 +253,7 @@ impl SnowflakeHooks {
                 "Tollgate {what} this statement (rule {}): {reason}",
                 decision.rule_id
             ),
+            close: false,
         };
         match &decision.action {
             Action::Allow => {
@@ -333,6 +341,7 @@ impl SnowflakeHooks {
                             sql_api: false,
                             sql_state: "08004",
                             message: format!("Tollgate could not read this login request: {e}"),
+                            close: false,
                         }
                         .into_response(),
                     ),
@@ -352,6 +361,7 @@ impl SnowflakeHooks {
                                 sql_api: false,
                                 sql_state: "42601",
                                 message: format!("Tollgate could not read this query request: {e}"),
+                                close: false,
                             }
                             .into_response(),
                         )
@@ -382,6 +392,7 @@ impl SnowflakeHooks {
                                 message: format!(
                                     "Tollgate could not read this statement request: {e}"
                                 ),
+                                close: false,
                             }
                             .into_response(),
                         )
@@ -447,6 +458,7 @@ impl SnowflakeHooks {
                             message: format!(
                                 "Tollgate refused {method} {path}: this endpoint is not understood, and the policy denies what it cannot audit"
                             ),
+                            close: false,
                         }
                         .into_response(),
                     )
@@ -462,6 +474,7 @@ impl SnowflakeHooks {
                             "Tollgate refused the {} endpoint: not handled by this version",
                             other.name()
                         ),
+                        close: false,
                     }
                     .into_response(),
                 )
@@ -482,6 +495,7 @@ impl SnowflakeHooks {
                 sql_api: false,
                 sql_state: "54000",
                 message: format!("Tollgate refused the request body: {e}"),
+                close: true,
             })?;
         let encoding = parts
             .headers
@@ -492,6 +506,7 @@ impl SnowflakeHooks {
                 sql_api: false,
                 sql_state: "54000",
                 message: format!("Tollgate refused the request body: {e}"),
+                close: false,
             })?;
         Ok((Request::from_parts(parts, full(raw)), decoded.bytes))
     }
