@@ -343,7 +343,7 @@ pub fn enforcement(root: &Path, out: &Path) -> Result<()> {
     std::env::set_var("TOLLGATE_BIN_DIR", root.join("target/release"));
     eprintln!("bench: policy evaluation and SQL analysis");
     let policy_out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["bench", "-q", "-p", "tollgate-policy"])
+        .args(["bench", "-q", "-p", "tollgate-policy", "--bench", "policy"])
         .output()
         .context("running cargo bench -p tollgate-policy")?;
     anyhow::ensure!(

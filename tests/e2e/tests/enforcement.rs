@@ -210,6 +210,40 @@ fn python_driver_through_tollgate() -> Result<()> {
     assert_eq!(out[6]["ok"], false, "{}", out[6]);
     assert!(out[6]["message"].as_str().unwrap().contains("deny-visits"));
     assert!(!w.standin_saw("tg_marker_use"));
+
+    // One session, several connections at once (four cursors in parallel): every connection
+    // carries the session's identity — without it the default-deny policy would refuse them.
+    let mut env = w.via();
+    env.concurrent = true;
+    let before: Vec<String> = w
+        .tollgate
+        .records()
+        .iter()
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect();
+    let out = run_python(
+        &w.agents.path,
+        env,
+        &(1..=4)
+            .map(|i| Statement::sql(&format!("SELECT /*standin:slow=1*/ {i} AS N")))
+            .collect::<Vec<_>>(),
+    )?;
+    for (i, r) in out.iter().enumerate() {
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["rows"], json!([[i + 1]]));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let busy = w
+        .tollgate
+        .records()
+        .into_iter()
+        .filter(|r| !before.iter().any(|b| r["id"] == b.as_str()))
+        .filter(|r| r["decision"] == "intercept" && r["requests"].as_u64().unwrap_or(0) > 0)
+        .count();
+    assert!(
+        busy >= 2,
+        "expected several connections for one session, saw {busy}"
+    );
     Ok(())
 }
 
