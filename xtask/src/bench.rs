@@ -230,62 +230,59 @@ pub fn bench(root: &Path, out: &Path) -> Result<()> {
             with / base
         );
     };
-    row(
-        &mut md,
-        "connect() p50, port not redirected (no programs → programs attached)",
-        f(&c_plain_other, "p50_us"),
-        f(&c_hook_other, "p50_us"),
-        "µs",
-    );
-    row(
-        &mut md,
-        "connect() p99, port not redirected",
-        f(&c_plain_other, "p99_us"),
-        f(&c_hook_other, "p99_us"),
-        "µs",
-    );
-    row(
-        &mut md,
-        "connect() p50, redirected port (direct to test host → redirected to proxy)",
-        f(&c_plain_target, "p50_us"),
-        f(&c_hook_target, "p50_us"),
-        "µs",
-    );
-    row(
-        &mut md,
-        "connect() p99, redirected port",
-        f(&c_plain_target, "p99_us"),
-        f(&c_hook_target, "p99_us"),
-        "µs",
-    );
-    row(
-        &mut md,
-        "pass-through throughput (512 MiB each way, TLS end to end)",
-        mbps(&direct_stream),
-        mbps(&via_stream),
-        "MiB/s",
-    );
-    row(
-        &mut md,
-        "HTTPS request latency p50 (kept-alive, intercepted)",
-        f(&direct_http, "p50_us"),
-        f(&via_http, "p50_us"),
-        "µs",
-    );
-    row(
-        &mut md,
-        "HTTPS request latency p99",
-        f(&direct_http, "p99_us"),
-        f(&via_http, "p99_us"),
-        "µs",
-    );
-    row(
-        &mut md,
-        "TLS handshakes per second (8 in flight; cached leaf)",
-        f(&direct_hs, "per_second"),
-        f(&via_hs, "per_second"),
-        "/s",
-    );
+    let rows: [(&str, f64, f64, &str); 8] = [
+        (
+            "connect() p50, port not redirected (no programs → programs attached)",
+            f(&c_plain_other, "p50_us"),
+            f(&c_hook_other, "p50_us"),
+            "µs",
+        ),
+        (
+            "connect() p99, port not redirected",
+            f(&c_plain_other, "p99_us"),
+            f(&c_hook_other, "p99_us"),
+            "µs",
+        ),
+        (
+            "connect() p50, redirected port (direct to test host → redirected to proxy)",
+            f(&c_plain_target, "p50_us"),
+            f(&c_hook_target, "p50_us"),
+            "µs",
+        ),
+        (
+            "connect() p99, redirected port",
+            f(&c_plain_target, "p99_us"),
+            f(&c_hook_target, "p99_us"),
+            "µs",
+        ),
+        (
+            "pass-through throughput (512 MiB each way, TLS end to end)",
+            mbps(&direct_stream),
+            mbps(&via_stream),
+            "MiB/s",
+        ),
+        (
+            "HTTPS request latency p50 (kept-alive, intercepted)",
+            f(&direct_http, "p50_us"),
+            f(&via_http, "p50_us"),
+            "µs",
+        ),
+        (
+            "HTTPS request latency p99",
+            f(&direct_http, "p99_us"),
+            f(&via_http, "p99_us"),
+            "µs",
+        ),
+        (
+            "TLS handshakes per second (8 in flight; cached leaf)",
+            f(&direct_hs, "per_second"),
+            f(&via_hs, "per_second"),
+            "/s",
+        ),
+    ];
+    for (name, base, with, unit) in rows {
+        row(&mut md, name, base, with, unit);
+    }
     writeln!(md)?;
     writeln!(
         md,

@@ -47,6 +47,13 @@ fn show(results: &[Value], statements: &[&str]) {
     }
 }
 
+fn print_status(tollgate: &Tollgate) -> Result<()> {
+    let mut status = tollgate.cli();
+    status.arg("status").arg("--pin-dir").arg(&tollgate.pin_dir);
+    print!("{}", tollgate_e2e::run(&mut status)?);
+    Ok(())
+}
+
 /// Runs the demo.
 pub fn demo(root: &Path) -> Result<()> {
     std::env::set_var("TOLLGATE_BIN_DIR", root.join("target/debug"));
@@ -163,16 +170,7 @@ pub fn demo(root: &Path) -> Result<()> {
     }
 
     step("tollgate status");
-    print!(
-        "{}",
-        tollgate_e2e::run(
-            tollgate
-                .cli()
-                .arg("status")
-                .arg("--pin-dir")
-                .arg(&tollgate.pin_dir)
-        )?
-    );
+    print_status(&tollgate)?;
 
     step("Fail closed: SIGKILL tollgate; the agent cannot connect, and never goes direct");
     tollgate.kill();
@@ -197,16 +195,7 @@ pub fn demo(root: &Path) -> Result<()> {
         &[Statement::sql("SELECT COUNT(*) FROM PATIENTS")],
     )?;
     show(&out, &["SELECT COUNT(*) FROM PATIENTS"]);
-    print!(
-        "{}",
-        tollgate_e2e::run(
-            tollgate
-                .cli()
-                .arg("status")
-                .arg("--pin-dir")
-                .arg(&tollgate.pin_dir)
-        )?
-    );
+    print_status(&tollgate)?;
 
     step("Done: tollgate stops and `tollgate detach` removes the redirect");
     drop(tollgate);
