@@ -1,8 +1,10 @@
 //! One [`ConnectionRecord`] per connection, written as a JSON line by a [`RecordSink`].
 //!
-//! The sink is a bounded channel drained by a dedicated writer thread: the data path only ever
-//! does a non-blocking `try_send`. When the writer falls behind by more than the channel
-//! capacity, records are dropped and counted rather than stalling connections.
+//! The sink is a bounded channel drained by a dedicated writer thread. A connection's task
+//! queues its record when it ends; when the writer falls behind by more than the channel
+//! capacity, the ending connection waits for room (it still holds its connection permit, so new
+//! accepts slow down too) — records are never dropped. Only a writer that is gone (its thread
+//! died) loses records, and those are counted and logged.
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
@@ -185,15 +187,17 @@ impl RecordSink {
         Ok(RecordSink { tx, dropped })
     }
 
-    /// Queues a record without ever blocking; counts it as dropped when the queue is full.
-    pub fn submit(&self, record: ConnectionRecord) {
+    /// Queues a record, waiting for room when the writer is behind (never dropping it). Only
+    /// when the writer is gone is the record counted as dropped.
+    pub async fn submit(&self, record: ConnectionRecord) {
         if self
             .tx
-            .try_send(SinkMessage::Record(Box::new(record)))
+            .send(SinkMessage::Record(Box::new(record)))
+            .await
             .is_err()
         {
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("connection record dropped: the record writer is behind");
+            tracing::error!("connection record lost: the record writer has stopped");
         }
     }
 

@@ -401,7 +401,7 @@ async fn serve_connection(
         reason = %record.close_reason,
         "connection closed"
     );
-    shared.records.submit(record);
+    shared.records.submit(record).await;
 }
 
 /// Runs one connection through its phases; returns the close reason.
