@@ -61,8 +61,9 @@ fn check_capabilities() -> Result<(), BpfError> {
     })
 }
 
-/// The first cgroup2 mount point in `/proc/self/mountinfo`.
-pub(crate) fn cgroup2_mount() -> Result<Option<PathBuf>, BpfError> {
+/// The first cgroup2 mount point in `/proc/self/mountinfo` (`None` when cgroup2 is not
+/// mounted).
+pub fn cgroup2_mount() -> Result<Option<PathBuf>, BpfError> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(|source| BpfError::Pin {
         action: "reading",
         path: "/proc/self/mountinfo".into(),

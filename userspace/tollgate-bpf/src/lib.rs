@@ -31,7 +31,7 @@ use serde::Serialize;
 use tollgate_common::{as_v4_mapped, ConnectRecord};
 
 pub use error::BpfError;
-pub use host::{cgroup_id, preflight};
+pub use host::{cgroup2_mount, cgroup_id, preflight};
 pub use pins::Hook;
 pub use redirector::Redirector;
 pub use status::{

@@ -49,17 +49,9 @@ fn init_tracing() {
         .try_init();
 }
 
-/// The cgroup2 mount point.
+/// The cgroup2 mount point, or an error that says how to get one.
 fn cgroup2_mount() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    mounts
-        .lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_, path, fstype) = (f.next()?, f.next()?, f.next()?);
-            (fstype == "cgroup2").then(|| PathBuf::from(path))
-        })
-        .context("no cgroup2 filesystem is mounted: mount one (`mount -t cgroup2 none /sys/fs/cgroup/unified`) or run `cargo xtask setup`")
+    tollgate_bpf::cgroup2_mount()?.context("no cgroup2 filesystem is mounted: mount one (`mount -t cgroup2 none /sys/fs/cgroup/unified`) or run `cargo xtask setup`")
 }
 
 /// Moves this whole process into `cgroup`, before any socket exists, so

@@ -1,0 +1,92 @@
+//! Property tests: scanning never panics and yields sane spans; masking hides found values.
+
+use proptest::prelude::*;
+use tollgate_mask::{mask_text, DetectorSet, MaskKey, Method};
+
+fn set() -> &'static DetectorSet {
+    use std::sync::OnceLock;
+    static SET: OnceLock<DetectorSet> = OnceLock::new();
+    SET.get_or_init(DetectorSet::standard)
+}
+
+/// Text with PHI-like values embedded in filler.
+fn phi_text() -> impl Strategy<Value = String> {
+    let value = prop_oneof![
+        "[1-8][0-9]{2}-[1-9][0-9]-[1-9][0-9]{3}",
+        "[a-z]{1,8}@[a-z]{1,8}\\.(com|org)",
+        "\\([2-9][0-9]{2}\\) [2-9][0-9]{2}-[0-9]{4}",
+        "(19[0-9]{2}|20[0-9]{2})-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])",
+        "4[0-9]{3} [0-9]{4} [0-9]{4} [0-9]{4}",
+        "1[0-9]{9}",
+        "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}",
+        "[0-9]{1,4} [A-Z][a-z]{2,8} (St|Ave|Road)",
+        "(IL|CA) [0-9]{5}",
+        "MRN: [0-9]{8}",
+    ];
+    prop::collection::vec(("[a-z ,.;:]{0,12}", value), 0..6)
+        .prop_map(|parts| parts.into_iter().map(|(f, v)| f + " " + &v).collect())
+}
+
+fn methods() -> Vec<Method> {
+    vec![
+        Method::Redact,
+        Method::Token {
+            key: MaskKey::from_bytes(&[7; 32]).unwrap(),
+        },
+        Method::Partial { keep_last: 0 },
+        Method::Partial { keep_last: 4 },
+        Method::Partial { keep_last: 100 },
+    ]
+}
+
+fn check_spans(text: &str) -> Result<(), TestCaseError> {
+    let findings = set().scan(text);
+    let mut last_end = 0;
+    for f in &findings {
+        prop_assert!(f.span.start < f.span.end);
+        prop_assert!(f.span.end <= text.len());
+        prop_assert!(
+            f.span.start >= last_end,
+            "overlap or unsorted: {findings:?}"
+        );
+        prop_assert!(text.is_char_boundary(f.span.start) && text.is_char_boundary(f.span.end));
+        last_end = f.span.end;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn scan_arbitrary_text_is_sane(text in "\\PC{0,200}") {
+        check_spans(&text)?;
+    }
+
+    #[test]
+    fn scan_digit_heavy_text_is_sane(text in "[0-9 ./:@()+\\-A-Za-z]{0,200}") {
+        check_spans(&text)?;
+    }
+
+    #[test]
+    fn masking_hides_found_values(text in phi_text()) {
+        check_spans(&text)?;
+        for f in set().scan(&text) {
+            let value = &text[f.span.clone()];
+            for m in methods() {
+                let out = m.apply(value);
+                let out = out.as_text().unwrap();
+                prop_assert!(!out.contains(value), "{m:?} leaks {value:?} as {out:?}");
+            }
+        }
+        for m in methods() {
+            let (out, counts) = mask_text(&text, set(), &m);
+            prop_assert_eq!(counts.total(), set().scan(&text).len());
+            for f in set().scan(&text) {
+                let value = &text[f.span.clone()];
+                // A value found twice is masked twice; it must not survive anywhere.
+                prop_assert!(!out.contains(value), "{:?} leaks {:?} in {:?}", m, value, out);
+            }
+        }
+    }
+}
