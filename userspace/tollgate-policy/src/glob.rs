@@ -192,41 +192,7 @@ impl NameGlob {
 
 /// Splits `a."B.c".d` into `[("a", false), ("B.c", true), ("d", false)]`.
 fn split_name_pattern(pattern: &str) -> Result<Vec<(String, bool)>, NameGlobError> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    let mut quoted = false;
-    let mut chars = pattern.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if current.is_empty() && !quoted => {
-                quoted = true;
-                let mut closed = false;
-                while let Some(q) = chars.next() {
-                    if q == '"' {
-                        if chars.peek() == Some(&'"') {
-                            chars.next();
-                            current.push('"');
-                        } else {
-                            closed = true;
-                            break;
-                        }
-                    } else {
-                        current.push(q);
-                    }
-                }
-                if !closed {
-                    return Err(NameGlobError::UnterminatedQuote);
-                }
-            }
-            '.' => {
-                out.push((std::mem::take(&mut current), quoted));
-                quoted = false;
-            }
-            _ => current.push(c),
-        }
-    }
-    out.push((current, quoted));
-    Ok(out)
+    crate::names::split_quoted(pattern).ok_or(NameGlobError::UnterminatedQuote)
 }
 
 #[cfg(test)]

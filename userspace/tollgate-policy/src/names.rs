@@ -150,10 +150,26 @@ pub fn fold_ident(value: &str, quoted: bool) -> String {
 /// `T`), as found in `IDENTIFIER('…')` or `USE` targets. Returns `None` on an unterminated
 /// quote or an empty part.
 pub fn split_dotted(text: &str) -> Option<Vec<String>> {
-    let mut parts = Vec::new();
+    let parts = split_quoted(text.trim())?;
+    if parts.iter().any(|(part, _)| part.is_empty()) {
+        return None;
+    }
+    Some(
+        parts
+            .into_iter()
+            .map(|(part, quoted)| fold_ident(&part, quoted))
+            .collect(),
+    )
+}
+
+/// Splits `a."B.c".d` at the dots outside double quotes into `[("a", false), ("B.c", true),
+/// ("d", false)]` (`""` inside quotes is a literal quote). Parts may be empty; `None` on an
+/// unterminated quote. Shared by name resolution and name globs.
+pub(crate) fn split_quoted(text: &str) -> Option<Vec<(String, bool)>> {
+    let mut out = Vec::new();
     let mut current = String::new();
     let mut quoted = false;
-    let mut chars = text.trim().chars().peekable();
+    let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
             '"' if current.is_empty() && !quoted => {
@@ -177,20 +193,14 @@ pub fn split_dotted(text: &str) -> Option<Vec<String>> {
                 }
             }
             '.' => {
-                if current.is_empty() {
-                    return None;
-                }
-                parts.push(fold_ident(&std::mem::take(&mut current), quoted));
+                out.push((std::mem::take(&mut current), quoted));
                 quoted = false;
             }
             _ => current.push(c),
         }
     }
-    if current.is_empty() {
-        return None;
-    }
-    parts.push(fold_ident(&current, quoted));
-    Some(parts)
+    out.push((current, quoted));
+    Some(out)
 }
 
 #[cfg(test)]
