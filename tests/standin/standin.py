@@ -25,6 +25,11 @@ SQL runs in fakesnow's ASGI handlers in-process; this wrapper adds, as Snowflake
   with `qrmk` (or, with `/*standin:chunk_headers*/`, `chunkHeaders`); chunk bodies are Arrow IPC
   streams or JSON rows without the outer `[]`, gzip'd unless `--no-chunk-gzip`, and need the
   header `x-amz-server-side-encryption-customer-key` equal to the qrmk (403 otherwise);
+- broken results, to test what a proxy does with them: `/*standin:corrupt_chunks=MODE*/` serves
+  every chunk of that result cut in half (`truncate`), as bytes that are not gzip under a gzip
+  header (`badgzip`), or as valid gzip of bytes that are not the result format (`garbage`);
+  `/*standin:corrupt_inline*/` replaces the inline Arrow/JSON rows with bytes that are not Arrow
+  (Arrow) or a rowset that is not an array of rows (JSON);
 - `/session/heartbeat`, `/session?delete=true`, `/queries/v1/abort-request`,
   `/monitoring/queries/<qid>`, `/telemetry/send`.
 
@@ -95,6 +100,8 @@ SLOW_RE = re.compile(r"/\*\s*standin:slow=(\d+(?:\.\d+)?)\s*\*/")
 CHUNK_RE = re.compile(r"/\*\s*standin:chunk_rows=(\d+)\s*\*/")
 EXPIRE_MARK = "/*standin:expire*/"
 CHUNK_HEADERS_MARK = "/*standin:chunk_headers*/"
+CORRUPT_CHUNKS_RE = re.compile(r"/\*\s*standin:corrupt_chunks=(truncate|badgzip|garbage)\s*\*/")
+CORRUPT_INLINE_MARK = "/*standin:corrupt_inline*/"
 
 
 class Session:
@@ -274,6 +281,11 @@ def shape_result(data: dict[str, Any], json_results: bool, sql: str) -> None:
         data.setdefault("rowset", rows)
         data.setdefault("total", len(rows))
         data["returned"] = data["total"]
+    if CORRUPT_INLINE_MARK in sql:
+        if data.get("queryResultFormat") == "arrow":
+            data["rowsetBase64"] = base64.b64encode(b"\xff\xff\xff\xffnot an arrow stream at all").decode()
+        else:
+            data["rowset"] = [["1", "2"], "not a row"]
     data.setdefault("queryId", qid)
     data.setdefault("finalRoleName", "PUBLIC")
     data.setdefault("finalWarehouseName", None)
@@ -283,8 +295,16 @@ def shape_result(data: dict[str, Any], json_results: bool, sql: str) -> None:
 def add_chunks(data: dict[str, Any], qid: str, bodies: list[bytes], counts: list[int], sql: str) -> None:
     key = base64.b64encode(secrets.token_bytes(32)).decode()
     chunks = []
+    corrupt = CORRUPT_CHUNKS_RE.search(sql)
+    mode = corrupt.group(1) if corrupt else None
     for n, (raw, count) in enumerate(zip(bodies, counts)):
+        if mode == "garbage":
+            raw = b"\x00garbage that is neither Arrow nor JSON rows\x01" * 64
         stored = gzip.compress(raw, 1) if ARGS.chunk_gzip else raw
+        if mode == "truncate":
+            stored = stored[: len(stored) // 2]
+        elif mode == "badgzip":
+            stored = b"\x1f\x8b\x08\x00" + secrets.token_bytes(512)
         CHUNKS[(qid, n)] = (stored, key)
         chunks.append(
             {

@@ -44,7 +44,7 @@ impl Kit {
     }
 }
 
-fn vm_kib(pid: u32, field: &str) -> u64 {
+pub(crate) fn vm_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
@@ -309,7 +309,7 @@ pub fn bench(root: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn chrono_now() -> String {
+pub(crate) fn chrono_now() -> String {
     let out = Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d %H:%M UTC")
@@ -361,10 +361,14 @@ pub fn enforcement(root: &Path, out: &Path) -> Result<()> {
         TollgateOpts {
             cgroups: vec![agents.path.clone()],
             upstream_roots: Some(standin.ca_pem()),
-            extra: vec![
-                "--policy".into(),
-                root.join("policies/demo.yaml").display().to_string(),
-            ],
+            extra: [
+                vec![
+                    "--policy".into(),
+                    root.join("policies/demo.yaml").display().to_string(),
+                ],
+                standin.tollgate_args(),
+            ]
+            .concat(),
             ..TollgateOpts::default()
         },
     )?;

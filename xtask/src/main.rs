@@ -7,6 +7,7 @@
 //! - `bench`: the foundation benchmarks; prints figures and writes them to `tests/bench/`.
 
 mod bench;
+mod bench_masking;
 mod demo;
 mod setup;
 
@@ -49,7 +50,7 @@ enum Cmd {
         /// Directory for the results.
         #[arg(long, default_value = "tests/bench")]
         out: PathBuf,
-        /// Only this part: `foundation` or `enforcement`.
+        /// Only this part: `foundation`, `enforcement` or `masking`.
         #[arg(long)]
         only: Option<String>,
     },
@@ -84,6 +85,9 @@ fn main() -> Result<()> {
             }
             if only.as_deref().is_none_or(|o| o == "enforcement") {
                 bench::enforcement(&root, &out.join("enforcement.md"))?;
+            }
+            if only.as_deref().is_none_or(|o| o == "masking") {
+                bench_masking::masking(&root, &out.join("masking.md"))?;
             }
             Ok(())
         }

@@ -11,7 +11,8 @@ installer). The statements file is a JSON list; each item is an SQL string or an
 
     {"sql": "...", "bindings": [..] | {..},   # qmark bindings (sent as Snowflake `bindings`)
      "async": true,                           # execute_async, then fetch by query id
-     "digest": true}                          # print rowcount, sha256, first and last row, no rows
+     "digest": true,                          # print rowcount, sha256, first and last row, no rows
+     "count": true}                           # stream the rows, print only how many (large results)
 
 `--concurrent` runs all statements at once, each on its own cursor of the one connection
 (threads); the output keeps the input order.
@@ -68,6 +69,11 @@ def run_one(conn: Any, stmt: Any) -> dict[str, Any]:
             cur.execute(stmt["sql"], stmt["bindings"])
         else:
             cur.execute(stmt["sql"])
+        if stmt.get("count"):
+            n = 0
+            for _ in cur:
+                n += 1
+            return {"ok": True, "rowcount": cur.rowcount, "query_id": cur.sfqid, "nrows": n}
         # after execute_async/get_results_from_sfqid the description appears only once fetched
         rows = [[faithful(v) for v in r] for r in cur.fetchall()] if cur.description or stmt.get("async") else []
         out: dict[str, Any] = {"ok": True, "rowcount": cur.rowcount, "query_id": cur.sfqid}

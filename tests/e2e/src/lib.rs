@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 pub mod snowflake;
+pub mod tap;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

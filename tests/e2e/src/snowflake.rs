@@ -203,7 +203,16 @@ impl Standin {
         format!("{}.snowflakecomputing.com", self.opts.account)
     }
 
-    /// The names agents must resolve to the test host.
+    /// Arguments of `tollgate run` that let Tollgate reach the stand-in's storage host (chunk
+    /// fetches), which no resolver knows.
+    pub fn tollgate_args(&self) -> Vec<String> {
+        vec![
+            "--storage-resolve".into(),
+            format!("{}={}", self.opts.storage_host, self.ip4),
+        ]
+    }
+
+    /// The Snowflake names the stand-in answers for.
     pub fn names(&self) -> Vec<String> {
         let mut n = vec![self.account_host(), self.opts.storage_host.clone()];
         n.extend(self.opts.extra_names.iter().cloned());
@@ -238,6 +247,7 @@ impl Standin {
             concurrent: false,
             session_params: vec![],
             timeout: Duration::from_secs(90),
+            tap: None,
         }
     }
 }
@@ -276,6 +286,12 @@ pub struct AgentEnv {
     pub session_params: Vec<(String, String)>,
     /// Kill the agent after this long.
     pub timeout: Duration,
+    /// A directory for the receive tap (see [`crate::tap`]): when set, every decrypted byte the
+    /// agent receives over TLS is written there, one file per connection, by
+    /// `tests/drivers/tap/sitecustomize.py` (Python, through `PYTHONPATH`) or
+    /// `tests/drivers/tap/tap.js` (Node, through `NODE_OPTIONS=--require`). None: no tap, and
+    /// neither variable is set.
+    pub tap: Option<PathBuf>,
 }
 
 /// One statement for an agent.
@@ -303,6 +319,12 @@ impl Statement {
     /// The agent prints a digest (rowcount, sha256, first and last row) instead of the rows.
     pub fn digest(mut self) -> Self {
         self.0["digest"] = json!(true);
+        self
+    }
+
+    /// The agent streams the rows and prints only how many (Python agent; large results).
+    pub fn count(mut self) -> Self {
+        self.0["count"] = json!(true);
         self
     }
 
@@ -405,6 +427,12 @@ fn run_agent(
         "python" => cmd.env("REQUESTS_CA_BUNDLE", &bundle),
         _ => cmd.env("NODE_EXTRA_CA_CERTS", &bundle),
     };
+    if let Some(tap) = &env.tap {
+        fs::create_dir_all(tap).with_context(|| format!("creating tap dir {}", tap.display()))?;
+        for (k, v) in crate::tap::tap_env(kind, tap) {
+            cmd.env(k, v);
+        }
+    }
     let stderr_path = env.dir.join(format!("{kind}-agent.stderr"));
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -45,7 +45,11 @@ fn world(what: &str) -> Result<World> {
         TollgateOpts {
             cgroups: vec![agents.path.clone()],
             upstream_roots: Some(standin.ca_pem()),
-            extra: vec!["--policy".into(), policy().display().to_string()],
+            extra: [
+                vec!["--policy".into(), policy().display().to_string()],
+                standin.tollgate_args(),
+            ]
+            .concat(),
             ..TollgateOpts::default()
         },
     )?;

@@ -30,7 +30,14 @@ impl MaskCounts {
         self.by_kind.iter().map(|(&k, &n)| (k, n))
     }
 
-    fn add(&mut self, kind: Detector) {
+    /// Adds every count of `other` to these counts.
+    pub fn merge(&mut self, other: &MaskCounts) {
+        for (kind, n) in other.iter() {
+            *self.by_kind.entry(kind).or_insert(0) += n;
+        }
+    }
+
+    pub(crate) fn add(&mut self, kind: Detector) {
         *self.by_kind.entry(kind).or_insert(0) += 1;
     }
 }
@@ -39,16 +46,31 @@ impl MaskCounts {
 /// text untouched. [`Method::Null`] has no meaning inside text, so such values become
 /// [`REDACTED`].
 pub fn mask_text(text: &str, detectors: &DetectorSet, method: &Method) -> (String, MaskCounts) {
-    let findings = detectors.scan(text);
     let mut counts = MaskCounts::default();
+    match mask_text_by_kind(text, detectors, |_| method, &mut counts) {
+        Some(out) => (out, counts),
+        None => (text.to_owned(), counts),
+    }
+}
+
+/// Like [`mask_text`], but each finding is masked with the method `method_for` picks for its
+/// detector; counts are added to `counts`. Returns `None` (and adds nothing) when nothing was
+/// found, so callers can keep the original text without copying it.
+pub(crate) fn mask_text_by_kind<'m>(
+    text: &str,
+    detectors: &DetectorSet,
+    method_for: impl Fn(Detector) -> &'m Method,
+    counts: &mut MaskCounts,
+) -> Option<String> {
+    let findings = detectors.scan(text);
     if findings.is_empty() {
-        return (text.to_owned(), counts);
+        return None;
     }
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;
     for f in findings {
         out.push_str(&text[copied..f.span.start]);
-        match method.apply(&text[f.span.clone()]) {
+        match method_for(f.kind).apply(&text[f.span.clone()]) {
             MaskedValue::Text(s) => out.push_str(&s),
             MaskedValue::Null => out.push_str(REDACTED),
         }
@@ -56,5 +78,5 @@ pub fn mask_text(text: &str, detectors: &DetectorSet, method: &Method) -> (Strin
         counts.add(f.kind);
     }
     out.push_str(&text[copied..]);
-    (out, counts)
+    Some(out)
 }

@@ -3,7 +3,7 @@
 //! names (best effort), stage operations, `USE` targets, and whether anything depends on a bind
 //! value.
 //!
-//! Parsing is `sqlparser`'s Snowflake dialect, behind a pre-scanner ([`crate::prescan`]) that
+//! Parsing is `sqlparser`'s Snowflake dialect, behind a pre-scanner (`prescan`) that
 //! splits statements and classifies `GET` / `PUT`. Anything the parser rejects is
 //! [`AnalysisError::Unparseable`]: the caller fails closed. The analysis is an
 //! over-approximation where it has to guess: a name that might be a table is a table.
@@ -20,6 +20,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::SnowflakeDialect;
 use sqlparser::parser::Parser;
 
+use crate::lineage::{statement_lineage, StatementLineage};
 use crate::names::{fold_ident, split_dotted, ColumnRef, NameContext, TableName};
 use crate::prescan::{file_transfer_operands, split_statements};
 
@@ -68,6 +69,9 @@ pub struct StatementInfo {
     /// `EXECUTE IMMEDIATE :sql`) or could not be resolved statically. Policy treats such a
     /// statement per `defaults.unresolved_bindings`, deny by default.
     pub unresolved_bindings: bool,
+    /// For `SELECT`-kind statements: where each result column comes from, and which columns
+    /// the query filters, sorts or groups on (see [`crate::lineage`]). `None` for other kinds.
+    pub lineage: Option<StatementLineage>,
 }
 
 impl StatementInfo {
@@ -81,6 +85,7 @@ impl StatementInfo {
             use_target: None,
             routine: None,
             unresolved_bindings: false,
+            lineage: None,
         }
     }
 
@@ -586,6 +591,9 @@ fn analyze_statement(
     };
     let _ = statement.visit(&mut collector);
     collector.finish();
+    if info.kind == StatementKind::Select {
+        info.lineage = statement_lineage(statement, ctx);
+    }
 
     out.push(info);
     out.append(&mut nested);
@@ -674,7 +682,7 @@ fn string_value(value: &Value) -> Option<&str> {
     }
 }
 
-enum NameParts {
+pub(crate) enum NameParts {
     /// Folded parts.
     Parts(Vec<String>),
     /// Depends on a bind value or dynamic expression.
@@ -682,7 +690,7 @@ enum NameParts {
 }
 
 /// Folds an object name's parts; resolves `IDENTIFIER('literal')`.
-fn object_parts(name: &ObjectName) -> NameParts {
+pub(crate) fn object_parts(name: &ObjectName) -> NameParts {
     let mut parts = Vec::with_capacity(name.0.len());
     for part in &name.0 {
         match part {
@@ -708,13 +716,13 @@ fn object_parts(name: &ObjectName) -> NameParts {
     NameParts::Parts(parts)
 }
 
-enum Resolved {
+pub(crate) enum Resolved {
     Table(TableName),
     Stage(String),
     Unresolved,
 }
 
-fn resolve_object(name: &ObjectName, ctx: &NameContext) -> Resolved {
+pub(crate) fn resolve_object(name: &ObjectName, ctx: &NameContext) -> Resolved {
     if let Some(ObjectNamePart::Identifier(first)) = name.0.first() {
         if first.quote_style.is_none()
             && (first.value.starts_with('@') || first.value.starts_with('\''))

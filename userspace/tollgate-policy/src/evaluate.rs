@@ -8,6 +8,12 @@
 //! decision names the rule that produced it (on a tie, a policy rule before a default, then the
 //! earliest statement). When in doubt, restrictive rules (deny,
 //! require_approval) apply and permissive ones (allow, mask) do not: see [`crate::policy`].
+//!
+//! A mask decision then carries the masked statement's column lineage in its [`MaskPlan`]
+//! ([`crate::lineage`]), unless `defaults.unknown_lineage` (lineage unknown, or several
+//! statements, on data that may be classified) or `defaults.masked_predicates` (a filter, sort
+//! or group on a masked column) turns it into a deny (the rule id stays the mask rule's) or a
+//! [`Fallback`]. [`Policy::resolve_result_columns`] applies the plan to the result.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,9 +21,10 @@ use serde::Serialize;
 
 use crate::analysis::{Analysis, AnalysisError, StatementInfo, StatementKind};
 use crate::glob::{NameGlob, TextGlob};
+use crate::lineage::StatementLineage;
 use crate::names::{ColumnRef, TableName};
 use crate::policy::{kind_index, Matcher, Policy, Rule};
-use crate::schema::{ActionKind, DefaultAction, MaskMethod};
+use crate::schema::{ActionKind, DefaultAction, MaskMethod, MaskedPredicates, UnknownLineage};
 
 /// Who is asking: the Snowflake session, the process behind the connection, the host and the
 /// verified OIDC claims. `None` means "not known"; see the module docs for how that matches.
@@ -117,11 +124,30 @@ impl Action {
     }
 }
 
-/// The masking plan of a decision, consumed by the masking layer.
+/// The masking plan of a decision, consumed by the masking layer (see
+/// [`Policy::resolve_result_columns`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct MaskPlan {
     /// Directives from the deciding rules, in statement order, without duplicates.
     pub directives: Vec<MaskDirective>,
+    /// The column lineage of the masked statement, to map result columns to their sources
+    /// when the result arrives. Set on the decision's plan by [`Policy::evaluate`] (`Unknown`
+    /// when it could not be traced, or for a text of several statements); `None` in the
+    /// per-statement plans.
+    pub lineage: Option<StatementLineage>,
+    /// Set when the lineage is unknown and the statement may touch classified data, per
+    /// `defaults.unknown_lineage`: mask every column, or run the detectors on every value.
+    pub fallback: Option<Fallback>,
+}
+
+/// How to mask a result whose columns cannot be mapped to their sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// Redact every column (`defaults.unknown_lineage: mask_all`).
+    MaskAll,
+    /// Run the PHI detectors over every value (`defaults.unknown_lineage: detect`).
+    Detect,
 }
 
 /// One masking directive.
@@ -210,6 +236,7 @@ impl Policy {
             }
         });
         let mut action = statements[decisive].action.clone();
+        let mut statements = statements;
         if let Action::Mask { plan } = &mut action {
             for s in &statements {
                 if let Action::Mask { plan: other } = &s.action {
@@ -219,6 +246,14 @@ impl Policy {
                         }
                     }
                 }
+            }
+            if let Some(deny) = self.refine_mask(analysis, plan) {
+                for s in &mut statements {
+                    if matches!(s.action, Action::Mask { .. }) {
+                        s.action = deny.clone();
+                    }
+                }
+                action = deny;
             }
         }
         Decision {
@@ -310,6 +345,165 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// Attaches the masked statement's column lineage to a mask decision's `plan`, or says
+    /// why the statement must be denied instead:
+    ///
+    /// - several statements, or a lineage that cannot be traced, on a statement that may touch
+    ///   classified (or plan-masked) data → `defaults.unknown_lineage` (deny, or a fallback);
+    /// - a filter, sort, group or join condition on a column the plan masks →
+    ///   `defaults.masked_predicates`.
+    fn refine_mask(&self, analysis: &Analysis, plan: &mut MaskPlan) -> Option<Action> {
+        let statements = &analysis.statements;
+        let known = match statements.as_slice() {
+            [only] => match &only.lineage {
+                Some(StatementLineage::Known(p)) => Ok(p),
+                Some(StatementLineage::Unknown { reason }) => Err(reason.clone()),
+                None => Err(format!("a {} statement has no result columns", only.kind)),
+            },
+            _ => Err("several statements in one text".to_owned()),
+        };
+        let lineage = match known {
+            Ok(lineage) => lineage,
+            Err(reason) => {
+                let touches = statements.iter().any(|s| self.may_touch_masked(s, plan));
+                if touches {
+                    match self.defaults.unknown_lineage {
+                        UnknownLineage::Deny => {
+                            return Some(Action::Deny {
+                                reason: format!(
+                                    "column lineage of this statement cannot be traced ({reason}); \
+                                     the policy denies it (defaults.unknown_lineage)"
+                                ),
+                            })
+                        }
+                        UnknownLineage::MaskAll => plan.fallback = Some(Fallback::MaskAll),
+                        UnknownLineage::Detect => plan.fallback = Some(Fallback::Detect),
+                    }
+                }
+                plan.lineage = Some(StatementLineage::Unknown { reason });
+                return None;
+            }
+        };
+        if self.defaults.masked_predicates == MaskedPredicates::Deny {
+            let globs = DirectiveGlobs::new(plan);
+            if let Some(column) = lineage
+                .predicate_columns
+                .iter()
+                .find(|c| self.is_classified(c) || globs.matches(c))
+            {
+                return Some(Action::Deny {
+                    reason: format!(
+                        "filtering, sorting or grouping on masked column {column} would reveal \
+                         its values (defaults.masked_predicates)"
+                    ),
+                });
+            }
+        }
+        plan.lineage = Some(StatementLineage::Known(lineage.clone()));
+        None
+    }
+
+    /// Whether `st` may touch a classified column or a column a directive of `plan` names:
+    /// a classified column among its columns, a table some classification or directive glob
+    /// could match, or a classified lineage source.
+    fn may_touch_masked(&self, st: &StatementInfo, plan: &MaskPlan) -> bool {
+        let tables: Vec<&TableName> = st.tables().collect();
+        if !self.statement_tags(st, &tables).is_empty() {
+            return true;
+        }
+        let globs = DirectiveGlobs::new(plan);
+        let table_hit = |t: &TableName| {
+            let all = ColumnRef {
+                table: Some(t.clone()),
+                column: "*".into(),
+            };
+            self.is_classified(&all) || globs.matches(&all)
+        };
+        if tables.iter().any(|t| table_hit(t)) {
+            return true;
+        }
+        match &st.lineage {
+            Some(StatementLineage::Known(p)) => p.items.iter().any(|item| match item {
+                crate::lineage::OutputItem::Column { sources, .. } => sources
+                    .iter()
+                    .any(|c| self.is_classified(c) || globs.matches(c)),
+                crate::lineage::OutputItem::Wildcard { tables, .. } => tables.iter().any(table_hit),
+            }),
+            _ => false,
+        }
+    }
+
+    /// Whether some classification could cover `column` (a `*` column: some column of its
+    /// table; an unknown name part: anything).
+    pub(crate) fn is_classified(&self, column: &ColumnRef) -> bool {
+        let parts = column_parts(column);
+        self.classifications
+            .iter()
+            .any(|c| c.columns.iter().any(|g| g.matches(&parts, true)))
+    }
+
+    /// The classification tags that could cover `column`.
+    pub(crate) fn column_tags(&self, column: &ColumnRef) -> BTreeSet<String> {
+        let parts = column_parts(column);
+        self.classifications
+            .iter()
+            .filter(|c| c.columns.iter().any(|g| g.matches(&parts, true)))
+            .flat_map(|c| c.tags.iter().cloned())
+            .collect()
+    }
+}
+
+/// `[db, schema, table, column]` for glob matching; `None` for unknown parts and for `*`.
+pub(crate) fn column_parts(column: &ColumnRef) -> [Option<&str>; 4] {
+    let [d, s, t] = column
+        .table
+        .as_ref()
+        .map_or([None, None, None], TableName::parts);
+    let c = (!column.is_wildcard()).then_some(column.column.as_str());
+    [d, s, t, c]
+}
+
+/// The compiled column globs of a plan's directives.
+pub(crate) struct DirectiveGlobs<'p> {
+    globs: Vec<(&'p MaskDirective, Vec<Option<NameGlob>>)>,
+}
+
+impl<'p> DirectiveGlobs<'p> {
+    pub(crate) fn new(plan: &'p MaskPlan) -> Self {
+        Self {
+            globs: plan
+                .directives
+                .iter()
+                .map(|d| {
+                    let globs = d
+                        .columns
+                        .iter()
+                        .map(|c| NameGlob::new(c, 4, "DB.SCHEMA.TABLE.COLUMN").ok())
+                        .collect();
+                    (d, globs)
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether a column glob of `directive` could cover `column` (a glob that did not compile
+    /// covers everything; the validator refuses those, so this is belt and braces).
+    pub(crate) fn directive_matches(&self, index: usize, column: &ColumnRef) -> bool {
+        let parts = column_parts(column);
+        self.globs.get(index).is_some_and(|(_, globs)| {
+            globs
+                .iter()
+                .any(|g| g.as_ref().is_none_or(|g| g.matches(&parts, true)))
+        })
+    }
+
+    /// Whether a column glob of any directive could cover `column`.
+    pub(crate) fn matches(&self, column: &ColumnRef) -> bool {
+        (0..self.globs.len()).any(|i| self.directive_matches(i, column))
+    }
+}
+
 /// Whether `f` holds for some possible owner table of `column`.
 fn for_each_owner(
     column: &ColumnRef,
@@ -331,6 +525,8 @@ fn rule_action(rule: &Rule) -> Action {
         ActionKind::RequireApproval => Action::RequireApproval { reason: reason() },
         ActionKind::Mask => Action::Mask {
             plan: MaskPlan {
+                lineage: None,
+                fallback: None,
                 directives: rule
                     .mask
                     .iter()

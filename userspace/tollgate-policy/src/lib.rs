@@ -7,6 +7,11 @@
 //!   identity and an analysis into a [`Decision`] (allow, deny, mask, require approval) naming
 //!   the deciding rule. Evaluation is pure and takes microseconds.
 //!
+//! - [`lineage`]: for a query, the base columns behind every result column and the columns it
+//!   filters, sorts or groups on; a mask decision carries it in its [`MaskPlan`], and
+//!   [`Policy::resolve_result_columns`] turns plan plus result metadata into one
+//!   [`ColumnAction`] per result column when the result arrives.
+//!
 //! This crate does no I/O apart from [`load`], which reads one policy file; it has no runtime,
 //! no sockets, no global state. Reloading a policy means building a new [`Policy`] and swapping
 //! an `Arc` — the caller's business.
@@ -16,17 +21,24 @@
 pub mod analysis;
 pub mod evaluate;
 pub mod glob;
+pub mod lineage;
 pub mod names;
 pub mod policy;
 mod prescan;
 pub mod redact;
+pub mod resolve;
 pub mod schema;
 
 pub use analysis::{
     analyze, Analysis, AnalysisError, StageOp, StageOpKind, StatementInfo, StatementKind, UseKind,
     UseTarget,
 };
-pub use evaluate::{Action, Decision, EvalInput, Identity, MaskPlan, StatementDecision};
+pub use evaluate::{
+    Action, Decision, EvalInput, Fallback, Identity, MaskDirective, MaskPlan, StatementDecision,
+};
+pub use lineage::{OutputItem, ProjectionLineage, StatementLineage};
 pub use names::{ColumnRef, NameContext, TableName};
 pub use policy::{load, Issue, Policy, PolicyError};
 pub use redact::{fingerprint, redact_literals};
+pub use resolve::{ColumnAction, ResultColumnMeta};
+pub use schema::{MaskMethod, MaskedPredicates, UnknownLineage};

@@ -8,6 +8,8 @@
 //!   unknown_statement: deny       # statements of kind `other` no rule names explicitly
 //!   unresolved_bindings: deny     # IDENTIFIER(?), EXECUTE IMMEDIATE :var, …
 //!   no_rule_matched: deny
+//!   unknown_lineage: deny         # deny | mask_all | detect: masked query whose columns cannot be traced
+//!   masked_predicates: deny       # deny | allow: masked query filtering/sorting/grouping on a masked column
 //! classifications:                # PHI columns and their tags
 //!   - columns: ["CLINICAL.PUBLIC.PATIENTS.SSN"]   # DB.SCHEMA.TABLE.COLUMN globs
 //!     tags: [phi.ssn]
@@ -62,6 +64,12 @@ pub struct DefaultsSpec {
     pub unresolved_bindings: DefaultAction,
     /// No rule matched.
     pub no_rule_matched: DefaultAction,
+    /// A masked query whose column lineage cannot be traced (or a text of several
+    /// statements) that may touch classified data.
+    pub unknown_lineage: UnknownLineage,
+    /// A masked query that filters, sorts, groups or joins (other than `a = b`) on a column
+    /// the plan masks.
+    pub masked_predicates: MaskedPredicates,
 }
 
 impl Default for DefaultsSpec {
@@ -71,6 +79,8 @@ impl Default for DefaultsSpec {
             unknown_statement: DefaultAction::Deny,
             unresolved_bindings: DefaultAction::Deny,
             no_rule_matched: DefaultAction::Deny,
+            unknown_lineage: UnknownLineage::Deny,
+            masked_predicates: MaskedPredicates::Deny,
         }
     }
 }
@@ -85,6 +95,30 @@ pub enum DefaultAction {
     Deny,
     /// Hold it for a human.
     RequireApproval,
+}
+
+/// What `defaults.unknown_lineage` does with a masked query whose result columns cannot be
+/// traced to their source columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownLineage {
+    /// Refuse the statement (the default).
+    Deny,
+    /// Forward it and redact every result column.
+    MaskAll,
+    /// Forward it and run the PHI detectors over every result value.
+    Detect,
+}
+
+/// What `defaults.masked_predicates` does with a masked query that filters, sorts or groups
+/// on a masked column (`WHERE ssn LIKE '1%'` reveals the masked values one query at a time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskedPredicates {
+    /// Refuse the statement (the default).
+    Deny,
+    /// Allow it; only the result values are masked.
+    Allow,
 }
 
 /// One classification entry: columns (globs) and the tags they carry.

@@ -36,6 +36,17 @@ fn unknown_fields_and_variants_come_from_serde_with_a_line() {
     );
     let e = err("version: 1\ndefaults: { unparseable_sql: mask }\n");
     assert!(e.contains("unknown variant `mask`"), "{e}");
+    let e = err("version: 1\ndefaults:\n  unknown_lineage: allow\n");
+    assert!(
+        e.starts_with("test.yaml:3:")
+            && e.contains("unknown variant `allow`, expected one of `deny`, `mask_all`, `detect`"),
+        "{e}"
+    );
+    let e = err("version: 1\ndefaults:\n  masked_predicates: mask\n");
+    assert!(
+        e.starts_with("test.yaml:3:") && e.contains("expected `deny` or `allow`"),
+        "{e}"
+    );
     let e = err("version: 1\nrules:\n  - action: allow\n");
     assert!(e.contains("missing field `id`"), "{e}");
 }

@@ -232,6 +232,57 @@ fn reads_by_role() {
         .iter()
         .any(|m| m.tags == ["phi.ssn"] && m.keep_last == Some(4)));
     assert_eq!(d.statements[0].tags, vec!["phi.name", "phi.ssn"]);
+    // The plan carries the lineage; result columns resolve to the directives.
+    let cols = [
+        tollgate_policy::ResultColumnMeta {
+            name: "SSN",
+            ..Default::default()
+        },
+        tollgate_policy::ResultColumnMeta {
+            name: "NAME",
+            ..Default::default()
+        },
+    ];
+    let actions = p.resolve_result_columns(&d.rule_id, plan, &cols);
+    assert!(
+        matches!(
+            &actions[..],
+            [
+                tollgate_policy::ColumnAction::Mask {
+                    method: tollgate_policy::MaskMethod::Partial,
+                    keep_last: Some(4),
+                    ..
+                },
+                tollgate_policy::ColumnAction::Mask {
+                    method: tollgate_policy::MaskMethod::Redact,
+                    ..
+                }
+            ]
+        ),
+        "{actions:?}"
+    );
+    // Filtering on a masked column would reveal it; untraceable lineage is refused.
+    expect(
+        &p,
+        &role("ANALYST"),
+        "SELECT name FROM patients WHERE ssn = ?",
+        "deny",
+        "analysts-masked-phi",
+    );
+    expect(
+        &p,
+        &role("ANALYST"),
+        "SELECT f.value FROM patients p, LATERAL FLATTEN(input => p.phones) f",
+        "deny",
+        "analysts-masked-phi",
+    );
+    expect(
+        &p,
+        &role("ANALYST"),
+        "SELECT p.mrn, e.admit_date FROM patients p JOIN ehr.encounters e ON p.mrn = e.mrn",
+        "mask",
+        "analysts-masked-phi",
+    );
 
     let agent = role("AGENT_TRIAGE");
     expect(

@@ -118,6 +118,16 @@ impl UpstreamTls {
         }
     }
 
+    /// The same trust, offering only HTTP/1.1 (for fetches Tollgate makes itself).
+    pub(crate) fn http1_only(&self) -> UpstreamTls {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        UpstreamTls {
+            config: Arc::new(config),
+            roots: self.roots.clone(),
+        }
+    }
+
     /// TLS handshake with the real server for `sni`, verifying its certificate.
     pub(crate) async fn handshake(
         &self,

@@ -92,6 +92,20 @@ pub struct Config {
     pub policy: Option<PathBuf>,
     /// The Snowflake layer.
     pub snowflake: SnowflakeSection,
+    /// Result masking.
+    pub masking: MaskingSection,
+}
+
+/// `masking:` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaskingSection {
+    /// Key for `token` masking (at least 16 bytes; 32 random bytes recommended). Default
+    /// `<state_dir>/mask.key`, created on first start (mode 0600). Keep it stable: the same key
+    /// gives the same tokens, so joins and counts keep working across restarts and hosts.
+    pub key_file: Option<PathBuf>,
+    /// Regular expression for medical record numbers in free text (detector fallback).
+    pub mrn_pattern: Option<String>,
 }
 
 /// What happens to requests to Snowflake endpoints Tollgate does not understand.
@@ -127,8 +141,18 @@ pub struct SnowflakeSection {
     pub max_decoded_body_bytes: usize,
     /// Largest gzip expansion ratio accepted (beyond the first MiB).
     pub max_gzip_ratio: u32,
-    /// Responses larger than this are forwarded without inspection (bytes).
+    /// Responses larger than this are forwarded without inspection (bytes); results that
+    /// must be masked or capped are withheld instead.
     pub max_inspected_response_bytes: usize,
+    /// Host name → IP overrides for cloud-storage hosts that serve result chunks (like curl's
+    /// `--resolve`); other hosts are resolved by the system resolver.
+    pub storage_resolve: std::collections::BTreeMap<String, std::net::IpAddr>,
+    /// Bound on connecting to storage and on its response headers (milliseconds).
+    pub storage_timeout_ms: u64,
+    /// How long a chunk URL handed to a driver stays valid (seconds).
+    pub chunk_ticket_lifetime_secs: u64,
+    /// Largest decompressed result chunk served (bytes).
+    pub max_chunk_decompressed_bytes: u64,
 }
 
 impl Default for SnowflakeSection {
@@ -139,6 +163,10 @@ impl Default for SnowflakeSection {
             max_decoded_body_bytes: 64 << 20,
             max_gzip_ratio: 200,
             max_inspected_response_bytes: 64 << 20,
+            storage_resolve: Default::default(),
+            storage_timeout_ms: 30_000,
+            chunk_ticket_lifetime_secs: 6 * 3600,
+            max_chunk_decompressed_bytes: 16 << 30,
         }
     }
 }
@@ -156,6 +184,7 @@ impl Default for Config {
             limits: LimitsSection::default(),
             policy: None,
             snowflake: SnowflakeSection::default(),
+            masking: MaskingSection::default(),
         }
     }
 }

@@ -111,6 +111,23 @@ pub struct RunArgs {
     /// Snowflake endpoints Tollgate does not understand: deny or forward.
     #[arg(long, value_name = "MODE")]
     unknown_endpoints: Option<UnknownEndpoints>,
+    /// Address of a cloud-storage host serving result chunks, `HOST=IP` (repeatable), for
+    /// hosts the system resolver does not know.
+    #[arg(long = "storage-resolve", value_name = "HOST=IP", value_parser = parse_resolve)]
+    storage_resolve: Vec<(String, std::net::IpAddr)>,
+    /// Key file for `token` masking (default `<state-dir>/mask.key`, created on first start).
+    #[arg(long, value_name = "FILE")]
+    mask_key: Option<PathBuf>,
+}
+
+fn parse_resolve(s: &str) -> Result<(String, std::net::IpAddr), String> {
+    let (host, ip) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected HOST=IP"))?;
+    let ip = ip
+        .parse()
+        .map_err(|e| format!("`{s}`: `{ip}` is not an IP address ({e})"))?;
+    Ok((host.to_ascii_lowercase(), ip))
 }
 
 impl RunArgs {
@@ -155,6 +172,12 @@ impl RunArgs {
         }
         if let Some(u) = self.unknown_endpoints {
             c.snowflake.unknown_endpoints = u;
+        }
+        for (host, ip) in &self.storage_resolve {
+            c.snowflake.storage_resolve.insert(host.clone(), *ip);
+        }
+        if let Some(k) = &self.mask_key {
+            c.masking.key_file = Some(absolute(k)?);
         }
         if self.no_ebpf {
             c.redirect.mode = config::RedirectMode::None;

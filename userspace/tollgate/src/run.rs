@@ -4,10 +4,15 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tollgate_bpf::{RedirectConfig, Redirector};
-use tollgate_proxy::snowflake::{SnowflakeConfig, SnowflakeHooks, UnknownEndpoints as Unknown};
+use tollgate_mask::{DetectorConfig, DetectorSet, MaskKey};
+use tollgate_proxy::snowflake::{
+    Masking, SnowflakeConfig, SnowflakeHooks, StorageClient, StorageConfig,
+    UnknownEndpoints as Unknown,
+};
 use tollgate_proxy::{
     CertificateAuthority, GateAction, KernelRedirectsOnly, ProcessIdentity, Proxy, ProxyConfig,
     RecordSink, Redirects, SniGate, SniPattern, UpstreamTls,
@@ -139,33 +144,52 @@ pub fn run(config: Config) -> Result<()> {
         None => warn!("no policy configured: every Snowflake statement is refused until one is given with --policy FILE"),
     }
     let sf = &config.snowflake;
-    let hooks = Arc::new(SnowflakeHooks::new(
-        SnowflakeConfig {
-            unknown_endpoints: match sf.unknown_endpoints {
-                UnknownEndpoints::Deny => Unknown::Deny,
-                UnknownEndpoints::Forward => Unknown::Forward,
-            },
-            request_limits: BodyLimits {
-                max_compressed: sf.max_request_body_bytes,
-                max_decompressed: sf.max_decoded_body_bytes,
-                max_ratio: sf.max_gzip_ratio,
-                ..BodyLimits::default()
-            },
-            max_inspected_response: sf.max_inspected_response_bytes,
-            host: hostname(),
+    let upstream = match &config.tls.upstream_roots {
+        Some(p) => UpstreamTls::from_pem_file(p)?,
+        None => UpstreamTls::system_roots()?,
+    };
+    let masking = masking_setup(&config)?;
+    let storage = StorageClient::new(
+        &upstream,
+        Some(config.redirect.socket_mark),
+        StorageConfig {
+            resolve: sf
+                .storage_resolve
+                .iter()
+                .map(|(h, ip)| (h.to_ascii_lowercase(), *ip))
+                .collect(),
+            timeout: Duration::from_millis(sf.storage_timeout_ms),
+            max_chunk_decompressed: sf.max_chunk_decompressed_bytes,
+            ticket_lifetime: Duration::from_secs(sf.chunk_ticket_lifetime_secs),
         },
-        policy,
-    ));
+    );
+    let hooks = Arc::new(
+        SnowflakeHooks::new(
+            SnowflakeConfig {
+                unknown_endpoints: match sf.unknown_endpoints {
+                    UnknownEndpoints::Deny => Unknown::Deny,
+                    UnknownEndpoints::Forward => Unknown::Forward,
+                },
+                request_limits: BodyLimits {
+                    max_compressed: sf.max_request_body_bytes,
+                    max_decompressed: sf.max_decoded_body_bytes,
+                    max_ratio: sf.max_gzip_ratio,
+                    ..BodyLimits::default()
+                },
+                max_inspected_response: sf.max_inspected_response_bytes,
+                host: hostname(),
+            },
+            policy,
+        )
+        .with_storage(storage)
+        .with_masking(masking),
+    );
 
     let (ca, created) = CertificateAuthority::load_or_create(&config.state_dir)
         .context("preparing the interception CA")?;
     if created {
         info!(path = %ca.cert_path().display(), "created the interception CA; agents' hosts must trust it");
     }
-    let upstream = match &config.tls.upstream_roots {
-        Some(p) => UpstreamTls::from_pem_file(p)?,
-        None => UpstreamTls::system_roots()?,
-    };
     let records_target = config.records_target();
     let records = if records_target == "-" {
         RecordSink::stdout()?
@@ -378,4 +402,61 @@ pub fn detach(pin_dir: &Path) -> Result<()> {
         pin_dir.display()
     );
     Ok(())
+}
+
+/// The tokenisation key (created on first start when it is the default path) and the
+/// detectors.
+fn masking_setup(config: &Config) -> Result<Masking> {
+    let default_path = config.state_dir.join("mask.key");
+    let path = config
+        .masking
+        .key_file
+        .clone()
+        .unwrap_or(default_path.clone());
+    if !path.exists() && path == default_path {
+        std::fs::create_dir_all(&config.state_dir).with_context(|| {
+            format!(
+                "creating the state directory {}",
+                config.state_dir.display()
+            )
+        })?;
+        let mut key = [0u8; 32];
+        getrandom::getrandom(&mut key)
+            .map_err(|e| anyhow::anyhow!("no randomness for the masking key: {e}"))?;
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating the masking key {}", path.display()))?;
+        f.write_all(&key)
+            .with_context(|| format!("writing the masking key {}", path.display()))?;
+        f.sync_all().ok();
+        info!(path = %path.display(), "created the masking key for `token` masking; back it up to keep tokens stable");
+    }
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "reading the masking key {} (config field `masking.key_file`)",
+            path.display()
+        )
+    })?;
+    let key = MaskKey::from_bytes(&bytes)
+        .map_err(|e| anyhow::anyhow!("the masking key {} is unusable: {e}", path.display()))?;
+    let detectors = match &config.masking.mrn_pattern {
+        None => DetectorSet::standard(),
+        Some(p) => {
+            let cfg = DetectorConfig {
+                mrn_pattern: Some(p.clone()),
+                ..DetectorConfig::default()
+            };
+            DetectorSet::compile(&cfg)
+                .map_err(|e| anyhow::anyhow!("config field `masking.mrn_pattern`: {e}"))?
+        }
+    };
+    Ok(Masking {
+        key: Some(key),
+        detectors: Arc::new(detectors),
+    })
 }

@@ -19,6 +19,8 @@
 //! with the rule id, statement kinds and the literal-free fingerprint.
 
 mod body;
+pub mod chunks;
+pub mod result;
 mod session;
 
 use std::sync::{Arc, RwLock};
@@ -38,6 +40,8 @@ use tollgate_wire::snowflake::{
 };
 use tracing::{info, warn};
 
+pub use chunks::{ChunkStore, StorageClient, StorageConfig, CHUNK_PATH_PREFIX};
+pub use result::{Masking, ResultPlan, RewriteReport};
 pub use session::{Session, SessionTable, SnowflakeIdentity};
 
 use crate::hooks::{
@@ -85,6 +89,9 @@ pub struct SnowflakeHooks {
     config: SnowflakeConfig,
     policy: RwLock<Arc<Policy>>,
     sessions: SessionTable,
+    chunks: ChunkStore,
+    storage: Option<StorageClient>,
+    masking: Masking,
 }
 
 impl std::fmt::Debug for SnowflakeHooks {
@@ -105,6 +112,11 @@ enum Pending {
     Statement {
         session: Option<Arc<Session>>,
         uses: Vec<(tollgate_policy::UseKind, String)>,
+        /// What the decision asks of the result; `None` only when no decision is known
+        /// (a result fetched by query id that Tollgate did not see decided).
+        plan: Option<Arc<ResultPlan>>,
+        /// `host[:port]` the driver addressed (chunk URLs point there).
+        authority: String,
     },
     Renewal {
         session: Arc<Session>,
@@ -158,6 +170,25 @@ impl Refusal {
     }
 }
 
+/// A Snowflake error envelope in place of a result Tollgate may not hand out.
+fn withheld(query_id: Option<&str>, why: &str) -> Response<ProxyBody> {
+    let message = format!("Tollgate withheld this result: {why}");
+    let reply = ErrorReply {
+        code: TOLLGATE_DENIED_CODE,
+        sql_state: "22000",
+        message: &message,
+        query_id,
+    };
+    let mut resp = Response::new(full(Bytes::from(error_response(reply))));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert("x-tollgate-decision", HeaderValue::from_static("withheld"));
+    resp
+}
+
 fn full(bytes: Bytes) -> ProxyBody {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
@@ -169,7 +200,31 @@ impl SnowflakeHooks {
             config,
             policy: RwLock::new(policy),
             sessions: SessionTable::default(),
+            chunks: ChunkStore::default(),
+            storage: None,
+            masking: Masking {
+                key: None,
+                detectors: Arc::new(tollgate_mask::DetectorSet::standard()),
+            },
         }
+    }
+
+    /// Serves result chunks through Tollgate, fetching them from storage with `storage`.
+    /// Without it, chunked results are refused (their storage URLs are never handed out).
+    pub fn with_storage(mut self, storage: StorageClient) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Sets the tokenisation key and detectors used for masking.
+    pub fn with_masking(mut self, masking: Masking) -> Self {
+        self.masking = masking;
+        self
+    }
+
+    /// Outstanding chunk tickets.
+    pub fn chunk_tickets(&self) -> &ChunkStore {
+        &self.chunks
     }
 
     /// Replaces the policy (reload); statements already decided are not affected.
@@ -224,7 +279,7 @@ impl SnowflakeHooks {
         session: Option<&Arc<Session>>,
         sql: &str,
         sql_api: bool,
-    ) -> Result<Vec<(tollgate_policy::UseKind, String)>, Refusal> {
+    ) -> Result<(Vec<(tollgate_policy::UseKind, String)>, ResultPlan), Refusal> {
         let identity = self.identity(conn, session.map(|s| s.as_ref()));
         let ctx = NameContext {
             database: identity.database.clone(),
@@ -255,6 +310,12 @@ impl SnowflakeHooks {
             ),
             close: false,
         };
+        let plan = |mask: Option<&tollgate_policy::MaskPlan>| ResultPlan {
+            rule_id: decision.rule_id.clone(),
+            mask: mask.cloned(),
+            max_rows: decision.max_rows,
+            policy: policy.clone(),
+        };
         match &decision.action {
             Action::Allow => {
                 info!(conn = %conn.id, session = session_id, rule = %decision.rule_id, ?kinds, fingerprint = %fp, "statement allowed");
@@ -268,7 +329,7 @@ impl SnowflakeHooks {
                             .collect()
                     })
                     .unwrap_or_default();
-                Ok(uses)
+                Ok((uses, plan(None)))
             }
             Action::Deny { reason } => {
                 info!(conn = %conn.id, session = session_id, rule = %decision.rule_id, ?kinds, fingerprint = %fp, "statement denied");
@@ -282,15 +343,9 @@ impl SnowflakeHooks {
                     "42501",
                 ))
             }
-            Action::Mask { .. } => {
-                // Masking of results is not enforced by this version: refusing is the only
-                // answer that keeps PHI from reaching the agent unmasked.
-                info!(conn = %conn.id, session = session_id, rule = %decision.rule_id, ?kinds, fingerprint = %fp, "statement needs masking: refused");
-                Err(refuse(
-                    "refused",
-                    "the policy requires masking its results, which this Tollgate does not enforce yet",
-                    "42501",
-                ))
+            Action::Mask { plan: mask } => {
+                info!(conn = %conn.id, session = session_id, rule = %decision.rule_id, ?kinds, fingerprint = %fp, "statement allowed with masked results");
+                Ok((Vec::new(), plan(Some(mask))))
             }
         }
     }
@@ -306,7 +361,22 @@ impl SnowflakeHooks {
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| "/".into());
+        if request.method() == http::Method::GET && target.starts_with(CHUNK_PATH_PREFIX) {
+            return RequestAction::Respond(self.serve_chunk(conn, &target).await);
+        }
         let endpoint = classify(request.method().as_str(), &target);
+        let authority = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| conn.sni.clone());
         let params = QueryParams::from_target(&target);
         match endpoint {
             Endpoint::Login => {
@@ -368,10 +438,13 @@ impl SnowflakeHooks {
                     }
                 };
                 match self.decide(conn, session.as_ref(), &query.sql_text, false) {
-                    Ok(uses) => {
-                        exchange
-                            .state
-                            .insert(Arc::new(Pending::Statement { session, uses }));
+                    Ok((uses, plan)) => {
+                        exchange.state.insert(Arc::new(Pending::Statement {
+                            session,
+                            uses,
+                            plan: Some(Arc::new(plan)),
+                            authority,
+                        }));
                         RequestAction::Forward(request)
                     }
                     Err(refusal) => RequestAction::Respond(refusal.into_response()),
@@ -399,6 +472,20 @@ impl SnowflakeHooks {
                     }
                 };
                 match self.decide(conn, None, &statement.statement, true) {
+                    Ok((_, plan)) if plan.mask.is_some() || plan.max_rows.is_some() => {
+                        RequestAction::Respond(
+                            Refusal {
+                                sql_api: true,
+                                sql_state: "0A000",
+                                message: format!(
+                                    "Tollgate refused this statement (rule {}): its results must be masked or capped, which Tollgate applies to driver sessions only, not to the SQL API",
+                                    plan.rule_id
+                                ),
+                                close: false,
+                            }
+                            .into_response(),
+                        )
+                    }
                     Ok(_) => RequestAction::Forward(request),
                     Err(refusal) => RequestAction::Respond(refusal.into_response()),
                 }
@@ -427,11 +514,14 @@ impl SnowflakeHooks {
                 }
                 RequestAction::Forward(request)
             }
-            Endpoint::QueryResult { .. } => {
+            Endpoint::QueryResult { query_id } => {
                 let session = self.session_of(&request);
+                let plan = session.as_ref().and_then(|s| s.result_plan(&query_id));
                 exchange.state.insert(Arc::new(Pending::Statement {
                     session,
                     uses: Vec::new(),
+                    plan,
+                    authority,
                 }));
                 RequestAction::Forward(request)
             }
@@ -531,6 +621,25 @@ impl SnowflakeHooks {
             }
         };
         if let Some(rest) = rest {
+            if let Pending::Statement { plan, .. } = &*pending {
+                if plan
+                    .as_ref()
+                    .is_none_or(|p| p.mask.is_some() || p.max_rows.is_some())
+                {
+                    // A result Tollgate must rewrite but cannot inspect: withheld.
+                    warn!(
+                        limit = self.config.max_inspected_response,
+                        "query result too large to inspect: withheld"
+                    );
+                    return withheld(
+                        None,
+                        &format!(
+                            "the result is larger than {} bytes, more than Tollgate inspects (snowflake.max_inspected_response_bytes)",
+                            self.config.max_inspected_response
+                        ),
+                    );
+                }
+            }
             // Too large to inspect: forwarded as it comes.
             return Response::from_parts(parts, body::chain(raw, rest));
         }
@@ -544,10 +653,121 @@ impl SnowflakeHooks {
             max_decompressed: self.config.max_inspected_response.saturating_mul(4),
             ..BodyLimits::default()
         };
-        if let Ok(decoded) = decode_body(encoding.as_deref(), &raw, &limits) {
+        let decoded = decode_body(encoding.as_deref(), &raw, &limits);
+        if let Pending::Statement {
+            session,
+            uses,
+            plan,
+            authority,
+        } = &*pending
+        {
+            let resp = decoded
+                .map_err(|e| e.to_string())
+                .and_then(|d| QueryResponse::parse(&d.bytes).map_err(|e| e.to_string()));
+            let mut resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    if plan.as_ref().is_some_and(|p| p.mask.is_some()) {
+                        return withheld(None, &format!("the result could not be read: {e}"));
+                    }
+                    return Response::from_parts(parts, full(raw));
+                }
+            };
+            self.observe_statement(session.as_ref(), uses, &resp);
+            let Some(plan) = plan else {
+                if resp.success && (!resp.rowtype.is_empty() || !resp.chunks.is_empty()) {
+                    return withheld(
+                        resp.query_id.as_deref(),
+                        "Tollgate has no decision for this query (it was issued before a restart or by another session); run it again",
+                    );
+                }
+                return Response::from_parts(parts, full(raw));
+            };
+            if let (Some(s), Some(q)) = (session, &resp.query_id) {
+                s.remember_result_plan(q, plan.clone());
+            }
+            if !result::needs_rewrite(plan, &resp) {
+                return Response::from_parts(parts, full(raw));
+            }
+            let lifetime = self
+                .storage
+                .as_ref()
+                .map(|s| s.config().ticket_lifetime)
+                .unwrap_or_default();
+            if !resp.chunks.is_empty() && self.storage.is_none() {
+                return withheld(
+                    resp.query_id.as_deref(),
+                    "the result is chunked and this Tollgate has no storage client to serve chunks",
+                );
+            }
+            let ctx = result::RewriteContext {
+                plan,
+                masking: &self.masking,
+                chunks: &self.chunks,
+                session: session.as_ref(),
+                authority,
+                ticket_lifetime: lifetime,
+            };
+            let query_id = resp.query_id.clone();
+            return match result::rewrite(&mut resp, &ctx) {
+                Ok(report) => {
+                    info!(
+                        session = session.as_ref().map(|s| s.id.as_str()).unwrap_or("-"),
+                        query = query_id.as_deref().unwrap_or("-"),
+                        rule = %plan.rule_id,
+                        masked = %serde_json::to_string(&report.masked).unwrap_or_default(),
+                        chunks = report.chunks,
+                        chunks_dropped = report.chunks_dropped,
+                        chunk_bytes = report.chunk_bytes,
+                        rows = report.rows.unwrap_or(0),
+                        capped = report.capped,
+                        "result rewritten"
+                    );
+                    let mut parts = parts;
+                    parts.headers.remove(http::header::CONTENT_ENCODING);
+                    parts.headers.remove(http::header::CONTENT_LENGTH);
+                    parts.headers.remove(http::header::TRANSFER_ENCODING);
+                    Response::from_parts(parts, full(Bytes::from(resp.to_json_bytes())))
+                }
+                Err(e) => {
+                    warn!(query = query_id.as_deref().unwrap_or("-"), error = %e, "result withheld");
+                    withheld(query_id.as_deref(), &e)
+                }
+            };
+        }
+        if let Ok(decoded) = decoded {
             self.observe(&pending, &decoded.bytes);
         }
         Response::from_parts(parts, full(raw))
+    }
+
+    /// Serves `GET /tollgate/chunks/<ticket>`.
+    async fn serve_chunk(&self, conn: &ConnectionContext, target: &str) -> Response<ProxyBody> {
+        let name = target[CHUNK_PATH_PREFIX.len()..]
+            .split(['?', '/'])
+            .next()
+            .unwrap_or("");
+        let Some(ticket) = self.chunks.get(name) else {
+            warn!(conn = %conn.id, "unknown or expired result chunk requested");
+            return chunks::error_reply(
+                StatusCode::NOT_FOUND,
+                "Tollgate: no such result chunk (unknown or expired); run the query again",
+            );
+        };
+        if let Err(why) = chunks::authorize(&ticket, &self.sessions, conn) {
+            warn!(conn = %conn.id, query = %ticket.query_id, chunk = ticket.index, why, "result chunk refused");
+            return chunks::error_reply(
+                StatusCode::FORBIDDEN,
+                &format!("Tollgate refused this result chunk: {why}"),
+            );
+        }
+        let Some(storage) = &self.storage else {
+            return chunks::error_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Tollgate has no storage client configured",
+            );
+        };
+        chunks::serve(ticket, storage).await
     }
 
     /// Updates sessions from a (decoded) response body.
@@ -597,13 +817,27 @@ impl SnowflakeHooks {
             }
             Pending::Logout { session } => {
                 self.sessions.remove(session);
+                self.chunks.forget_session(session);
                 info!(session = %session.id, "snowflake session ended");
             }
-            Pending::Statement { session, uses } => {
+            Pending::Statement { session, uses, .. } => {
+                if let Ok(resp) = QueryResponse::parse(body) {
+                    self.observe_statement(session.as_ref(), uses, &resp);
+                }
+            }
+        }
+    }
+
+    /// Keeps the session's identity current after a statement.
+    fn observe_statement(
+        &self,
+        session: Option<&Arc<Session>>,
+        uses: &[(tollgate_policy::UseKind, String)],
+        resp: &QueryResponse,
+    ) {
+        {
+            {
                 let Some(session) = session else {
-                    return;
-                };
-                let Ok(resp) = QueryResponse::parse(body) else {
                     return;
                 };
                 if !resp.success {

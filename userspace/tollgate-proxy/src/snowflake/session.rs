@@ -5,14 +5,18 @@
 //! Tokens are not kept: the table is keyed by the SHA-256 of each token, which is enough to
 //! recognise a token a driver presents again and useless to anyone reading memory dumps or logs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use super::result::ResultPlan;
 use crate::identity::ProcessIdentity;
+
+/// Result plans remembered per session (for `GET /queries/<qid>/result`).
+const MAX_RESULT_PLANS: usize = 1024;
 
 /// The Snowflake identity of a session, kept current through `USE …` and the `final*Name`
 /// fields of responses.
@@ -45,6 +49,7 @@ pub struct Session {
     pub process: Option<Arc<ProcessIdentity>>,
     state: Mutex<SnowflakeIdentity>,
     created: Instant,
+    results: Mutex<VecDeque<(String, Arc<ResultPlan>)>>,
 }
 
 impl Session {
@@ -56,6 +61,30 @@ impl Session {
     /// Applies a change to the identity (a `USE`, a response's `final*Name`).
     pub fn update(&self, f: impl FnOnce(&mut SnowflakeIdentity)) {
         f(&mut self.state.lock().expect("session lock"));
+    }
+
+    /// Remembers what the decision of query `query_id` asks of its result, for a later
+    /// `GET /queries/<qid>/result` (polling, async queries). The oldest are forgotten first.
+    pub fn remember_result_plan(&self, query_id: &str, plan: Arc<ResultPlan>) {
+        let mut results = self.results.lock().expect("session results lock");
+        if let Some(slot) = results.iter_mut().find(|(q, _)| q == query_id) {
+            slot.1 = plan;
+            return;
+        }
+        if results.len() >= MAX_RESULT_PLANS {
+            results.pop_front();
+        }
+        results.push_back((query_id.to_owned(), plan));
+    }
+
+    /// The plan remembered for `query_id`.
+    pub fn result_plan(&self, query_id: &str) -> Option<Arc<ResultPlan>> {
+        let results = self.results.lock().expect("session results lock");
+        results
+            .iter()
+            .rev()
+            .find(|(q, _)| q == query_id)
+            .map(|(_, p)| p.clone())
     }
 
     /// Time since login.
@@ -108,6 +137,7 @@ impl SessionTable {
             process,
             state: Mutex::new(identity),
             created: Instant::now(),
+            results: Mutex::new(VecDeque::new()),
         });
         for (token, validity) in tokens {
             self.register(token, &session, *validity);
@@ -142,6 +172,14 @@ impl SessionTable {
         map.get(&digest(token))
             .filter(|e| e.expires > Instant::now())
             .map(|e| e.session.clone())
+    }
+
+    /// Whether some unexpired token still maps to `session` (not logged out, not expired).
+    pub fn is_live(&self, session: &Arc<Session>) -> bool {
+        let now = Instant::now();
+        let map = self.by_token.lock().expect("session table lock");
+        map.values()
+            .any(|e| e.expires > now && Arc::ptr_eq(&e.session, session))
     }
 
     /// Forgets every token of `session` (logout).

@@ -461,6 +461,12 @@ impl QueryResponse {
         &self.json
     }
 
+    /// The parsed body, for rewriting (masking, chunk URLs). The typed fields are not updated:
+    /// re-parse after changing what they describe.
+    pub fn json_mut(&mut self) -> &mut Value {
+        &mut self.json
+    }
+
     /// Re-serialises the body.
     pub fn to_json_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(&self.json).unwrap_or_default()
