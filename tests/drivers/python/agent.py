@@ -89,6 +89,8 @@ def run_one(conn: Any, stmt: Any) -> dict[str, Any]:
         return out
     except snowflake.connector.errors.Error as e:
         return {"ok": False, "error": type(e).__name__, "message": e.msg, "errno": e.errno, "sqlstate": e.sqlstate, "query_id": e.sfqid}
+    except Exception as e:  # what the driver raised besides its own errors (e.g. a chunk cut short)
+        return {"ok": False, "error": type(e).__name__, "message": str(e)}
     finally:
         cur.close()
 

@@ -35,7 +35,7 @@ use super::value::{
     tz_offset, SfType,
 };
 use super::{ColumnCount, ColumnCounts, DetectRule, RowsetError};
-use crate::method::{MaskedValue, Method};
+use crate::method::{MaskedValue, Method, REDACTED};
 use crate::text::mask_text_by_kind;
 
 /// Largest IPC message header (flatbuffer) accepted; real schema messages are a few KiB.
@@ -506,6 +506,26 @@ fn mask_column(
         ArrowOp::Null => {
             count.masked += (array.len() - array.logical_null_count()) as u64;
             Ok(new_null_array(array.data_type(), array.len()))
+        }
+        ArrowOp::Text {
+            method: Method::Redact,
+            ..
+        } => {
+            // The output does not depend on the value: no need to render it.
+            let nulls = array.logical_nulls();
+            let mut b = GenericStringBuilder::<i32>::with_capacity(
+                array.len(),
+                array.len() * REDACTED.len(),
+            );
+            for i in 0..array.len() {
+                if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
+                    b.append_null();
+                } else {
+                    b.append_value(REDACTED);
+                    count.masked += 1;
+                }
+            }
+            Ok(Arc::new(b.finish()))
         }
         ArrowOp::Text { method, conv } => {
             let mut b = GenericStringBuilder::<i32>::with_capacity(array.len(), array.len() * 8);

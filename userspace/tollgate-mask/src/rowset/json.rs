@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::plan::{Column, Op, Plan};
 use super::value::{json_text, SfType};
 use super::{ColumnCount, ColumnCounts, RowsetError};
-use crate::method::{MaskedValue, Method};
+use crate::method::{MaskedValue, Method, REDACTED};
 use crate::text::mask_text_by_kind;
 
 /// Deepest nesting accepted inside a row (VARIANT values are strings, so real rows have 1).
@@ -44,6 +44,11 @@ fn mask_cell(
         Op::Mask(Method::Null) => {
             count.masked += 1;
             Ok(Cell::Null)
+        }
+        Op::Mask(Method::Redact) => {
+            // The output does not depend on the value: no need to render it.
+            count.masked += 1;
+            Ok(Cell::Text(REDACTED.to_owned()))
         }
         Op::Mask(method) => {
             scratch.clear();
