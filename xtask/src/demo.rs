@@ -8,8 +8,10 @@
 //!    /etc/hosts resolves the real hostnames to the test host. Their host trusts Tollgate's CA
 //!    the way an installer sets it up.
 //! 3. Tollgate redirects their connections with eBPF, terminates TLS for the Snowflake name
-//!    (upstream verified), enforces `policies/demo.yaml` on every statement, passes result
-//!    chunks from the storage host through, and writes a record per connection.
+//!    (upstream verified), enforces `policies/demo.yaml` on every statement, masks PHI in the
+//!    results by column lineage (inline Arrow and JSON rows, and every result chunk: chunk URLs
+//!    point at Tollgate, which fetches the chunk from storage, masks it and streams it back),
+//!    caps rows, and writes a record per connection.
 //! 4. Fail closed: Tollgate is SIGKILLed and the agent's next connection is refused (never
 //!    direct); a restart resumes interception with no duplicate links.
 
@@ -31,8 +33,10 @@ fn show(results: &[Value], statements: &[&str]) {
         if r["ok"] == true {
             if let Some(n) = r["nrows"].as_u64() {
                 println!(
-                    "      ok: {n} rows (sha256 {})",
-                    r["rows_sha256"].as_str().unwrap_or("?")
+                    "      ok: {n} rows (sha256 {}), first {}, last {}",
+                    r["rows_sha256"].as_str().unwrap_or("?"),
+                    r["first"],
+                    r["last"]
                 );
             } else {
                 println!("      ok: {}", r["rows"]);
@@ -106,8 +110,12 @@ pub fn demo(root: &Path) -> Result<()> {
 
     step("The Python agent (snowflake-connector-python, unmodified) runs its statements");
     let sqls = [
-        "SELECT ID, NAME, DOB FROM PATIENTS ORDER BY ID",
+        "SELECT ID, NAME, SSN, DOB, BALANCE FROM PATIENTS ORDER BY ID",
+        "SELECT PATIENT_ID, MRN, EMAIL, ZIP FROM PATIENT_CONTACTS ORDER BY PATIENT_ID",
+        "SELECT UPPER(SSN) AS S, NAME || '!' AS N FROM PATIENTS ORDER BY ID",
+        "SELECT * FROM PATIENTS_BULK ORDER BY ID",
         "SELECT * FROM BULK.PUBLIC.EVENTS ORDER BY ID",
+        "SELECT ID FROM PATIENTS WHERE SSN LIKE '900%'",
         "SELECT * FROM CLINICAL.EHR.VISITS",
         "GET @clinical_stage/patients.csv file:///tmp/",
         "INSERT INTO PATIENTS (ID, NAME) VALUES (99, 'Mallory')",
@@ -118,7 +126,7 @@ pub fn demo(root: &Path) -> Result<()> {
         .enumerate()
         .map(|(i, s)| {
             let st = Statement::sql(s);
-            if i == 1 {
+            if i == 3 || i == 4 {
                 st.digest()
             } else {
                 st
@@ -128,7 +136,12 @@ pub fn demo(root: &Path) -> Result<()> {
     let seen_before = standin.requests().len();
     let out = run_python(&agents.path, env(), &statements)?;
     show(&out, &sqls);
-    if out[0]["ok"] != true || out[2]["ok"] != false {
+    if out[0]["ok"] != true
+        || out[0]["rows"][0][1] != "***"
+        || out[3]["nrows"] != 50_000
+        || out[5]["ok"] != false
+        || out[6]["ok"] != false
+    {
         bail!("unexpected outcome; tollgate log:\n{}", tollgate.log());
     }
     let reached: Vec<String> = standin.requests()[seen_before..]
@@ -137,9 +150,19 @@ pub fn demo(root: &Path) -> Result<()> {
         .collect();
     println!("   statements that reached Snowflake: {reached:?}");
 
-    step("The Node agent (snowflake-sdk, unmodified) reads JSON results through the same path");
+    step("Masking report per query (Tollgate's log: columns, rule, method, values; chunks served by Tollgate)");
+    for line in tollgate
+        .log()
+        .lines()
+        .filter(|l| l.contains("result rewritten"))
+    {
+        println!("   {}", strip_ansi(line));
+    }
+
+    step("The Node agent (snowflake-sdk, unmodified) reads JSON results through the same path: the same tokens");
     let node_sqls = [
-        "SELECT ID, NAME FROM CLINICAL.EHR.PATIENTS ORDER BY ID",
+        "SELECT ID, NAME, SSN, DOB FROM CLINICAL.EHR.PATIENTS ORDER BY ID",
+        "SELECT PATIENT_ID, MRN, EMAIL, ZIP FROM CLINICAL.EHR.PATIENT_CONTACTS ORDER BY PATIENT_ID",
         "SELECT * FROM CLINICAL.EHR.VISITS",
     ];
     let out = run_node(
@@ -152,7 +175,7 @@ pub fn demo(root: &Path) -> Result<()> {
     )?;
     show(&out, &node_sqls);
 
-    step("Connection records (one JSON line per connection; chunk downloads passed through)");
+    step("Connection records (one JSON line per connection; chunk downloads served by Tollgate)");
     std::thread::sleep(Duration::from_millis(300));
     for r in tollgate.records().iter().take(12) {
         println!(
@@ -209,4 +232,22 @@ pub fn demo(root: &Path) -> Result<()> {
     drop(host);
     println!("demo complete");
     Ok(())
+}
+
+/// The text of a log line without terminal colours.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
