@@ -72,6 +72,11 @@ pub struct StatementInfo {
     /// For `SELECT`-kind statements: where each result column comes from, and which columns
     /// the query filters, sorts or groups on (see [`crate::lineage`]). `None` for other kinds.
     pub lineage: Option<StatementLineage>,
+    /// For `UPDATE`: the columns its `SET` values are computed from, subqueries included
+    /// (best effort, like `columns`: qualified when the table is known, `*` for a wildcard).
+    /// Empty for other kinds.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub set_sources: BTreeSet<ColumnRef>,
 }
 
 impl StatementInfo {
@@ -86,6 +91,7 @@ impl StatementInfo {
             routine: None,
             unresolved_bindings: false,
             lineage: None,
+            set_sources: BTreeSet::new(),
         }
     }
 
@@ -352,6 +358,8 @@ fn analyze_statement(
     let mut targets: Vec<&TableFactor> = Vec::new();
     let mut explicit_reads: Vec<&ObjectName> = Vec::new();
     let mut write_names: Vec<&ObjectName> = Vec::new();
+    // `UPDATE … SET col = <value>`: the values, to tell the columns they are computed from.
+    let mut set_values: Vec<&Expr> = Vec::new();
     info.kind = match statement {
         Statement::Query(_) => StatementKind::Select,
         Statement::Insert(insert) => {
@@ -369,6 +377,7 @@ fn analyze_statement(
         }
         Statement::Update(update) => {
             targets.push(&update.table.relation);
+            set_values.extend(update.assignments.iter().map(|a| &a.value));
             StatementKind::Update
         }
         Statement::Delete(delete) => {
@@ -581,11 +590,13 @@ fn analyze_statement(
     let mut collector = Collector {
         ctx,
         targets: &targets,
+        set_values: &set_values,
+        in_set: 0,
         scopes: Vec::new(),
         cte_bodies: Vec::new(),
         aliases: Vec::new(),
         raw_columns: Vec::new(),
-        wildcard_all: false,
+        wildcard_all: (false, false),
         qualified_wildcards: Vec::new(),
         info: &mut info,
     };
@@ -744,16 +755,23 @@ pub(crate) fn resolve_object(name: &ObjectName, ctx: &NameContext) -> Resolved {
 struct Collector<'a, 'b> {
     ctx: &'a NameContext,
     targets: &'a [&'b TableFactor],
+    /// `UPDATE` `SET` values: what is visited inside them is also a `SET` source.
+    set_values: &'a [&'b Expr],
+    /// How many `SET` values the visit is inside (0 or 1).
+    in_set: usize,
     /// Visible CTE names, innermost query last.
     scopes: Vec<Vec<String>>,
     /// CTE bodies not yet entered, with the names visible inside each.
     cte_bodies: Vec<(*const Query, Vec<String>)>,
     /// Alias (or bare table name) → table, for column qualification.
     aliases: Vec<(String, TableName)>,
-    /// Column references as written: folded qualifier parts and column.
-    raw_columns: Vec<(Vec<String>, String)>,
-    wildcard_all: bool,
-    qualified_wildcards: Vec<Vec<String>>,
+    /// Column references as written: folded qualifier parts, column, and whether it is inside
+    /// an `UPDATE` `SET` value.
+    raw_columns: Vec<(Vec<String>, String, bool)>,
+    /// `*` in some projection; the second flag: in one inside a `SET` value.
+    wildcard_all: (bool, bool),
+    /// `q.*` in a projection, and whether inside a `SET` value.
+    qualified_wildcards: Vec<(Vec<String>, bool)>,
     info: &'a mut StatementInfo,
 }
 
@@ -776,28 +794,39 @@ impl Collector<'_, '_> {
                 more => TableName::resolve(more, self.ctx),
             }
         };
-        for (qualifier, column) in &self.raw_columns {
-            self.info.columns.insert(ColumnRef {
+        for (qualifier, column, in_set) in &self.raw_columns {
+            let column = ColumnRef {
                 table: lookup(qualifier),
                 column: column.clone(),
-            });
+            };
+            if *in_set {
+                self.info.set_sources.insert(column.clone());
+            }
+            self.info.columns.insert(column);
         }
         let mut wildcard_tables = Vec::new();
-        if self.wildcard_all {
-            wildcard_tables.extend(self.info.reads.iter().cloned());
+        let (all, all_in_set) = self.wildcard_all;
+        if all {
+            wildcard_tables.extend(self.info.reads.iter().map(|t| (t.clone(), all_in_set)));
         }
-        for qualifier in &self.qualified_wildcards {
+        for (qualifier, in_set) in &self.qualified_wildcards {
             match lookup(qualifier) {
-                Some(t) => wildcard_tables.push(t),
+                Some(t) => wildcard_tables.push((t, *in_set)),
                 // A CTE or derived table: any table read may flow through it.
-                None => wildcard_tables.extend(self.info.reads.iter().cloned()),
+                None => {
+                    wildcard_tables.extend(self.info.reads.iter().map(|t| (t.clone(), *in_set)))
+                }
             }
         }
-        for t in wildcard_tables {
-            self.info.columns.insert(ColumnRef {
+        for (t, in_set) in wildcard_tables {
+            let column = ColumnRef {
                 table: Some(t),
                 column: "*".into(),
-            });
+            };
+            if in_set {
+                self.info.set_sources.insert(column.clone());
+            }
+            self.info.columns.insert(column);
         }
     }
 }
@@ -837,17 +866,20 @@ impl Visitor for Collector<'_, '_> {
     }
 
     fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<()> {
+        let in_set = self.in_set > 0;
         for item in &select.projection {
             match item {
-                SelectItem::Wildcard(_) => self.wildcard_all = true,
                 SelectItem::QualifiedWildcard(
                     SelectItemQualifiedWildcardKind::ObjectName(n),
                     _,
                 ) => match object_parts(n) {
-                    NameParts::Parts(p) => self.qualified_wildcards.push(p),
+                    NameParts::Parts(p) => self.qualified_wildcards.push((p, in_set)),
                     NameParts::Dynamic => self.info.unresolved_bindings = true,
                 },
-                SelectItem::QualifiedWildcard(_, _) => self.wildcard_all = true,
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(_, _) => {
+                    self.wildcard_all.0 = true;
+                    self.wildcard_all.1 |= in_set;
+                }
                 _ => {}
             }
         }
@@ -897,10 +929,15 @@ impl Visitor for Collector<'_, '_> {
     }
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if self.set_values.iter().any(|v| std::ptr::eq(*v, expr)) {
+            self.in_set += 1;
+        }
+        let in_set = self.in_set > 0;
         match expr {
             Expr::Identifier(ident) => self.raw_columns.push((
                 Vec::new(),
                 fold_ident(&ident.value, ident.quote_style.is_some()),
+                in_set,
             )),
             Expr::CompoundIdentifier(idents) if idents.len() >= 2 => {
                 let folded: Vec<String> = idents
@@ -913,9 +950,16 @@ impl Visitor for Collector<'_, '_> {
                 } else {
                     qualifier.to_vec()
                 };
-                self.raw_columns.push((qualifier, column.clone()));
+                self.raw_columns.push((qualifier, column.clone(), in_set));
             }
             _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if self.set_values.iter().any(|v| std::ptr::eq(*v, expr)) {
+            self.in_set = self.in_set.saturating_sub(1);
         }
         ControlFlow::Continue(())
     }

@@ -9,6 +9,12 @@
 //! earliest statement). When in doubt, restrictive rules (deny,
 //! require_approval) apply and permissive ones (allow, mask) do not: see [`crate::policy`].
 //!
+//! A statement that copies data into another table or location (CTAS, `INSERT … SELECT`,
+//! `MERGE`, `CREATE VIEW`, `COPY INTO @stage`, an `UPDATE` whose `SET` reads another table)
+//! and may read classified data escapes masking: if it would be allowed or masked,
+//! `defaults.classified_copies` (deny by default) turns it into a deny, per statement and
+//! before the statements are combined; the rule id stays the deciding rule's.
+//!
 //! A mask decision then carries the masked statement's column lineage in its [`MaskPlan`]
 //! ([`crate::lineage`]), unless `defaults.unknown_lineage` (lineage unknown, or several
 //! statements, on data that may be classified) or `defaults.masked_predicates` (a filter, sort
@@ -24,7 +30,9 @@ use crate::glob::{NameGlob, TextGlob};
 use crate::lineage::StatementLineage;
 use crate::names::{ColumnRef, TableName};
 use crate::policy::{kind_index, Matcher, Policy, Rule};
-use crate::schema::{ActionKind, DefaultAction, MaskMethod, MaskedPredicates, UnknownLineage};
+use crate::schema::{
+    ActionKind, ClassifiedCopies, DefaultAction, MaskMethod, MaskedPredicates, UnknownLineage,
+};
 
 /// Who is asking: the Snowflake session, the process behind the connection, the host and the
 /// verified OIDC claims. `None` means "not known"; see the module docs for how that matches.
@@ -191,6 +199,28 @@ const REASON_UNKNOWN: &str = "this kind of statement is not covered by policy";
 const REASON_UNRESOLVED: &str =
     "an object name depends on a bind value or dynamic SQL and cannot be checked";
 const REASON_NO_RULE: &str = "no policy rule allows this statement (default deny)";
+/// How many columns or tables a `defaults.classified_copies` reason names.
+const COPY_NAMES: usize = 3;
+
+/// Statement kinds that copy what they read into another table or location. (`UPDATE` only
+/// when its `SET` values come from another table: see [`Policy::classified_copy_sources`].)
+fn copies_data(kind: &StatementKind) -> bool {
+    matches!(
+        kind,
+        StatementKind::CreateTableAsSelect
+            | StatementKind::InsertSelect
+            | StatementKind::Merge
+            | StatementKind::CreateView
+            | StatementKind::CopyIntoLocation
+            | StatementKind::Update
+    )
+}
+
+fn push_unique(names: &mut Vec<String>, name: String) {
+    if !names.contains(&name) {
+        names.push(name);
+    }
+}
 
 fn default_action(action: DefaultAction, reason: &str) -> Action {
     match action {
@@ -299,6 +329,7 @@ impl Policy {
                 ),
             }
         };
+        let action = self.refine_copy(st, action);
         StatementDecision {
             kind: st.kind.clone(),
             tables: tables.into_iter().cloned().collect(),
@@ -346,6 +377,102 @@ impl Policy {
 }
 
 impl Policy {
+    /// Applies `defaults.classified_copies` to the `allow` or `mask` decision of a statement
+    /// that copies classified data into another table or location: deny (the reason names a
+    /// few of the columns or tables, never literals), or leave it be.
+    fn refine_copy(&self, st: &StatementInfo, action: Action) -> Action {
+        if self.defaults.classified_copies == ClassifiedCopies::Allow
+            || !matches!(action, Action::Allow | Action::Mask { .. })
+            || !copies_data(&st.kind)
+        {
+            return action;
+        }
+        let names = self.classified_copy_sources(st);
+        if names.is_empty() {
+            return action;
+        }
+        let mut list = names[..names.len().min(COPY_NAMES)].join(", ");
+        if names.len() > COPY_NAMES {
+            list.push_str(", …");
+        }
+        Action::Deny {
+            reason: format!(
+                "copying classified data ({list}) into another table or location would escape \
+                 masking (defaults.classified_copies)"
+            ),
+        }
+    }
+
+    /// The classified data a copying statement may read, as names without duplicates:
+    /// classified columns (`DB.SCHEMA.TABLE.COLUMN`), then `*` over tables that may hold
+    /// classified columns (`DB.SCHEMA.TABLE.*`), then other read tables a classification glob
+    /// could cover (`DB.SCHEMA.TABLE`), then classified lineage sources. Columns of a table the
+    /// statement only writes (the target) do not count. For `UPDATE` only its `SET` sources
+    /// count, and only from tables other than the one updated.
+    fn classified_copy_sources(&self, st: &StatementInfo) -> Vec<String> {
+        let mut names = Vec::new();
+        if self.classifications.is_empty() {
+            return names;
+        }
+        let update = st.kind == StatementKind::Update;
+        let target = |t: &TableName| st.writes.contains(t) && (update || !st.reads.contains(t));
+        let owners: Vec<&TableName> = st.reads.iter().filter(|t| !target(t)).collect();
+        let columns = if update { &st.set_sources } else { &st.columns };
+        for wildcards in [false, true] {
+            for column in columns.iter().filter(|c| c.is_wildcard() == wildcards) {
+                let candidates: Vec<Option<&TableName>> = match &column.table {
+                    Some(t) if target(t) => Vec::new(),
+                    Some(t) => vec![Some(t)],
+                    None if owners.is_empty() => vec![None],
+                    None => owners.iter().map(|t| Some(*t)).collect(),
+                };
+                for owner in candidates {
+                    let c = ColumnRef {
+                        table: owner.cloned(),
+                        column: column.column.clone(),
+                    };
+                    if self.is_classified(&c) {
+                        push_unique(&mut names, c.to_string());
+                    }
+                }
+            }
+        }
+        if update {
+            return names;
+        }
+        for t in &owners {
+            let prefix = format!("{t}.");
+            if self.table_may_be_classified(t) && !names.iter().any(|n| n.starts_with(&prefix)) {
+                push_unique(&mut names, t.to_string());
+            }
+        }
+        if let Some(StatementLineage::Known(p)) = &st.lineage {
+            for item in &p.items {
+                match item {
+                    crate::lineage::OutputItem::Column { sources, .. } => {
+                        for c in sources.iter().filter(|c| self.is_classified(c)) {
+                            push_unique(&mut names, c.to_string());
+                        }
+                    }
+                    crate::lineage::OutputItem::Wildcard { tables, .. } => {
+                        for t in tables.iter().filter(|t| self.table_may_be_classified(t)) {
+                            push_unique(&mut names, format!("{t}.*"));
+                        }
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    /// Whether some classification glob could cover a column of `table`.
+    fn table_may_be_classified(&self, table: &TableName) -> bool {
+        self.is_classified(&ColumnRef {
+            table: Some(table.clone()),
+            column: "*".into(),
+        })
+    }
+
     /// Attaches the masked statement's column lineage to a mask decision's `plan`, or says
     /// why the statement must be denied instead:
     ///
@@ -418,7 +545,7 @@ impl Policy {
                 table: Some(t.clone()),
                 column: "*".into(),
             };
-            self.is_classified(&all) || globs.matches(&all)
+            self.table_may_be_classified(t) || globs.matches(&all)
         };
         if tables.iter().any(|t| table_hit(t)) {
             return true;

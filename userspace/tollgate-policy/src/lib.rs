@@ -41,4 +41,4 @@ pub use names::{ColumnRef, NameContext, TableName};
 pub use policy::{load, Issue, Policy, PolicyError};
 pub use redact::{fingerprint, redact_literals};
 pub use resolve::{ColumnAction, ResultColumnMeta};
-pub use schema::{MaskMethod, MaskedPredicates, UnknownLineage};
+pub use schema::{ClassifiedCopies, MaskMethod, MaskedPredicates, UnknownLineage};

@@ -10,6 +10,9 @@
 //!   no_rule_matched: deny
 //!   unknown_lineage: deny         # deny | mask_all | detect: masked query whose columns cannot be traced
 //!   masked_predicates: deny       # deny | allow: masked query filtering/sorting/grouping on a masked column
+//!   classified_copies: deny       # deny | allow: CTAS, INSERT…SELECT, MERGE, CREATE VIEW, COPY INTO
+//!                                 # @stage (and UPDATE … SET from another table) reading classified
+//!                                 # data and decided allow or mask
 //! classifications:                # PHI columns and their tags
 //!   - columns: ["CLINICAL.PUBLIC.PATIENTS.SSN"]   # DB.SCHEMA.TABLE.COLUMN globs
 //!     tags: [phi.ssn]
@@ -70,6 +73,10 @@ pub struct DefaultsSpec {
     /// A masked query that filters, sorts, groups or joins (other than `a = b`) on a column
     /// the plan masks.
     pub masked_predicates: MaskedPredicates,
+    /// A statement that copies data into another table or location (CTAS, `INSERT … SELECT`,
+    /// `MERGE`, `CREATE VIEW`, `COPY INTO @stage`, `UPDATE … SET` from another table) that
+    /// may read classified data and would be allowed or masked.
+    pub classified_copies: ClassifiedCopies,
 }
 
 impl Default for DefaultsSpec {
@@ -81,6 +88,7 @@ impl Default for DefaultsSpec {
             no_rule_matched: DefaultAction::Deny,
             unknown_lineage: UnknownLineage::Deny,
             masked_predicates: MaskedPredicates::Deny,
+            classified_copies: ClassifiedCopies::Deny,
         }
     }
 }
@@ -118,6 +126,19 @@ pub enum MaskedPredicates {
     /// Refuse the statement (the default).
     Deny,
     /// Allow it; only the result values are masked.
+    Allow,
+}
+
+/// What `defaults.classified_copies` does with a statement that copies classified data into
+/// another table or location, where masking cannot follow it (`CREATE TABLE t AS SELECT ssn
+/// …`, `COPY INTO @stage FROM patients`), when a rule (or default) would allow or mask it.
+/// Deny and require_approval decisions are left as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassifiedCopies {
+    /// Refuse the statement (the default).
+    Deny,
+    /// Leave the decision as it is.
     Allow,
 }
 

@@ -281,3 +281,31 @@ fn redaction_and_fingerprint() {
         tollgate_policy::fingerprint("SELECT *  FROM PATIENTS WHERE SSN = '2'")
     );
 }
+
+#[test]
+fn update_set_sources_are_the_columns_set_values_come_from() {
+    let cols = |s: &StatementInfo| -> Vec<String> {
+        s.set_sources.iter().map(ToString::to_string).collect()
+    };
+    let s = one(
+        "update t set a = p.ssn, b = upper(p.name) from patients p where t.id = p.id and p.mrn = ?",
+    );
+    assert_eq!(
+        cols(&s),
+        [
+            "CLINICAL.PUBLIC.PATIENTS.NAME",
+            "CLINICAL.PUBLIC.PATIENTS.SSN"
+        ]
+    );
+    // Subqueries in a SET value count (all of them, over-approximating), wildcards included;
+    // the statement's WHERE does not.
+    let s = one("update t set a = (select ssn from patients where id = t.id) where c = 1");
+    assert_eq!(cols(&s), ["?.ID", "?.SSN", "CLINICAL.PUBLIC.T.ID"]);
+    let s = one("update t set a = (select max(x) from (select * from u)) where c = 1");
+    assert_eq!(cols(&s), ["?.X", "CLINICAL.PUBLIC.U.*"]);
+    let s = one("update t set a = 1 where b in (select ssn from patients)");
+    assert!(s.set_sources.is_empty(), "{s:?}");
+    // Only UPDATE records them.
+    let s = one("merge into t using u on t.id = u.id when matched then update set t.a = u.a");
+    assert!(s.set_sources.is_empty(), "{s:?}");
+}

@@ -47,6 +47,11 @@ fn unknown_fields_and_variants_come_from_serde_with_a_line() {
         e.starts_with("test.yaml:3:") && e.contains("expected `deny` or `allow`"),
         "{e}"
     );
+    let e = err("version: 1\ndefaults:\n  classified_copies: require_approval\n");
+    assert!(
+        e.starts_with("test.yaml:3:") && e.contains("expected `deny` or `allow`"),
+        "{e}"
+    );
     let e = err("version: 1\nrules:\n  - action: allow\n");
     assert!(e.contains("missing field `id`"), "{e}");
 }
