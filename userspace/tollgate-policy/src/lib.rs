@@ -5,7 +5,9 @@
 //!   schema. [`redact_literals`] and [`fingerprint`] give the audit trail a literal-free form.
 //! - [`Policy`]: a YAML policy file → validated → compiled once; [`Policy::evaluate`] turns an
 //!   identity and an analysis into a [`Decision`] (allow, deny, mask, require approval) naming
-//!   the deciding rule. Evaluation is pure and takes microseconds.
+//!   the deciding rule. Evaluation is pure and takes microseconds. A rule's `mask` list may
+//!   name a [`profile`] (`safe_harbor`: the 18 HIPAA Safe Harbor identifiers,
+//!   [`SAFE_HARBOR_TAGS`]), expanded into directives at compile time.
 //!
 //! - [`lineage`]: for a query, the base columns behind every result column and the columns it
 //!   filters, sorts or groups on; a mask decision carries it in its [`MaskPlan`], and
@@ -25,6 +27,7 @@ pub mod lineage;
 pub mod names;
 pub mod policy;
 mod prescan;
+pub mod profile;
 pub mod redact;
 pub mod resolve;
 pub mod schema;
@@ -39,6 +42,7 @@ pub use evaluate::{
 pub use lineage::{OutputItem, ProjectionLineage, StatementLineage};
 pub use names::{ColumnRef, NameContext, TableName};
 pub use policy::{load, Issue, Policy, PolicyError};
+pub use profile::{safe_harbor_method, MASK_PROFILES, SAFE_HARBOR_TAGS};
 pub use redact::{fingerprint, redact_literals};
 pub use resolve::{ColumnAction, ResultColumnMeta};
 pub use schema::{ClassifiedCopies, MaskMethod, MaskedPredicates, UnknownLineage};

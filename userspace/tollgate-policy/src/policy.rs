@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 
 use crate::analysis::StatementKind;
 use crate::glob::{NameGlob, TextGlob};
+use crate::profile::MASK_PROFILES;
 use crate::schema::{
-    ActionKind, ClassificationSpec, DefaultsSpec, MaskMethod, MatchSpec, PolicyFile, RuleSpec,
+    ActionKind, ClassificationSpec, DefaultsSpec, MaskMethod, MaskSpec, MatchSpec, PolicyFile,
+    RuleSpec,
 };
 
 /// Statement kind names usable in `match.statements`, in bit order.
@@ -242,7 +244,7 @@ impl Rule {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MaskDirectiveSpec {
     pub columns: Vec<String>,
     pub tags: Vec<String>,
@@ -603,8 +605,20 @@ impl Validator<'_> {
                 "only mask rules take `mask` directives",
             );
         }
+        // Tags named by explicit entries override a profile's directive for them.
+        let explicit_tags: Vec<&str> = spec
+            .mask
+            .iter()
+            .filter(|m| m.profile.is_none())
+            .flat_map(|m| m.tags.iter().map(String::as_str))
+            .collect();
         for (k, m) in spec.mask.iter().enumerate() {
             let field = format!("rules[{i}].mask[{k}]");
+            if let Some(name) = &m.profile {
+                self.mask_profile(i, &field, m, name, &explicit_tags, &mut mask);
+                continue;
+            }
+            let hint = m.tags.first().or(m.columns.first()).map(String::as_str);
             if m.columns.is_empty() && m.tags.is_empty() {
                 let line = at(self, "mask", None);
                 self.issue(line, field.clone(), "name `columns` or `tags` to mask");
@@ -629,7 +643,20 @@ impl Validator<'_> {
                     );
                 }
             }
-            match (m.method, m.keep_last) {
+            let Some(method) = m.method else {
+                let line = at(self, "mask", hint);
+                self.issue(
+                    line,
+                    format!("{field}.method"),
+                    format!(
+                        "name a `method` (redact | partial | token | null | generalize), or use \
+                         `profile` ({}) as an entry of its own",
+                        MASK_PROFILES.join(", ")
+                    ),
+                );
+                continue;
+            };
+            match (method, m.keep_last) {
                 (MaskMethod::Partial, None) => {
                     let line = at(self, "method", Some("partial"));
                     self.issue(
@@ -651,7 +678,7 @@ impl Validator<'_> {
             mask.push(MaskDirectiveSpec {
                 columns: m.columns.clone(),
                 tags: m.tags.clone(),
-                method: m.method,
+                method,
                 keep_last: m.keep_last,
             });
         }
@@ -667,6 +694,72 @@ impl Validator<'_> {
             },
             kinds,
         )
+    }
+
+    /// Validates a `{ profile: name }` entry of rule `i` and appends its directives (less the
+    /// tags the rule's explicit entries name) to `mask`. A profile named twice in one rule is
+    /// expanded once.
+    fn mask_profile(
+        &mut self,
+        i: usize,
+        field: &str,
+        m: &MaskSpec,
+        name: &str,
+        explicit_tags: &[&str],
+        mask: &mut Vec<MaskDirectiveSpec>,
+    ) {
+        let mut mixed: Vec<&str> = Vec::new();
+        if !m.tags.is_empty() {
+            mixed.push("`tags`");
+        }
+        if !m.columns.is_empty() {
+            mixed.push("`columns`");
+        }
+        if m.method.is_some() {
+            mixed.push("`method`");
+        }
+        if m.keep_last.is_some() {
+            mixed.push("`keep_last`");
+        }
+        if !mixed.is_empty() {
+            let line = self.locator.rule_field(i, "profile", Some(name));
+            self.issue(
+                line,
+                field.to_owned(),
+                format!(
+                    "`profile` stands alone in its entry; it cannot be combined with {} (list \
+                     explicit directives as separate entries: they override the profile for \
+                     the tags they name)",
+                    mixed.join(", ")
+                ),
+            );
+        }
+        match crate::profile::expand(name, explicit_tags) {
+            None => {
+                let line = self.locator.rule_field(i, "profile", Some(name));
+                self.issue(
+                    line,
+                    format!("{field}.profile"),
+                    format!(
+                        "unknown mask profile `{name}`; known profiles: {}",
+                        MASK_PROFILES.join(", ")
+                    ),
+                );
+            }
+            Some(groups) => {
+                for (tags, method) in groups {
+                    let directive = MaskDirectiveSpec {
+                        columns: Vec::new(),
+                        tags,
+                        method,
+                        keep_last: None,
+                    };
+                    if !mask.contains(&directive) {
+                        mask.push(directive);
+                    }
+                }
+            }
+        }
     }
 
     fn text_globs(

@@ -6,11 +6,13 @@
 //! the column names Snowflake reports), plus `DB.SCHEMA.TABLE.NAME` when the rowtype names
 //! its table. Its tags are the classification tags of its sources. Among the plan's
 //! directives that match it (a column glob covers a source, or a tag is one of its tags) the
-//! strictest wins: `null` > `redact` > `token` > `generalize` > `partial`. A transformed value
-//! (`HEX_ENCODE(ssn)`, `SUBSTR(ssn, 1, 3)`) escalates `partial` and `generalize` to `redact`:
-//! keeping the last characters of an encoding would leak. A classified column no directive
-//! covers is redacted (fail closed). When the result does not fit the lineage, every column
-//! is redacted; with a [`Fallback`], every column is redacted or handed to the detectors.
+//! strictest wins: `null` > `redact` > `token` > `generalize` > `partial` (a mask profile's
+//! directives are no exception; a rule's explicit entry for a tag overrides its profile at
+//! compile time, see [`crate::profile`]). A transformed value (`HEX_ENCODE(ssn)`,
+//! `SUBSTR(ssn, 1, 3)`) escalates `partial` and `generalize` to `redact`: keeping the last
+//! characters of an encoding would leak. A classified column no directive covers is redacted
+//! (fail closed). When the result does not fit the lineage, every column is redacted; with a
+//! [`Fallback`], every column is redacted or handed to the detectors.
 
 use std::collections::BTreeSet;
 

@@ -31,8 +31,18 @@
 //!     action: allow               # allow | deny | mask | require_approval
 //!     reason: "…"                 # required for deny / require_approval
 //!     max_rows: 1000
-//!     mask: [{ tags: [phi.ssn], method: partial, keep_last: 4 }]   # required for mask
+//!     mask:                       # required for mask
+//!       - { tags: [phi.ssn], method: partial, keep_last: 4 }
+//!       - { profile: safe_harbor } # standing alone: the 18 HIPAA Safe Harbor identifiers
 //! ```
+//!
+//! A `profile` entry expands, at compile time, into directives over a fixed tag vocabulary
+//! ([`crate::profile::SAFE_HARBOR_TAGS`]): `phi.address`, `phi.zip`, `phi.date`, `phi.dob`
+//! and `phi.age` are generalised, the other tags (`phi.name`, `phi.ssn`, `phi.ip`, …)
+//! redacted. The profile's tags need not be declared in `classifications`. An explicit entry
+//! of the same rule naming one of those tags overrides the profile for it, wherever it is
+//! listed; entries by `columns` combine with the profile (strictest wins). A `profile` entry
+//! takes no `tags`, `columns`, `method` or `keep_last`; an unknown profile name is an error.
 
 use std::collections::BTreeMap;
 
@@ -263,18 +273,25 @@ pub struct ProcessMatchSpec {
     pub cgroup: Option<Vec<String>>,
 }
 
-/// One masking directive (consumed by the masking layer).
+/// One entry of a rule's `mask` list: a masking directive (`columns` and/or `tags` with a
+/// `method`), or a `profile` standing alone, expanded into directives when the policy is
+/// compiled (see [`crate::profile`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaskSpec {
+    /// A mask profile ([`crate::profile::MASK_PROFILES`]: `safe_harbor`); an entry naming one
+    /// takes no other field.
+    #[serde(default)]
+    pub profile: Option<String>,
     /// `DB.SCHEMA.TABLE.COLUMN` globs to mask.
     #[serde(default)]
     pub columns: Vec<String>,
     /// Classification tags to mask.
     #[serde(default)]
     pub tags: Vec<String>,
-    /// How.
-    pub method: MaskMethod,
+    /// How; required unless the entry names a `profile`.
+    #[serde(default)]
+    pub method: Option<MaskMethod>,
     /// For `partial`: how many trailing characters stay visible.
     #[serde(default)]
     pub keep_last: Option<u32>,

@@ -443,3 +443,91 @@ fn multi_statement_text_is_as_strict_as_its_worst_statement() {
         "deny-stage-exfiltration",
     );
 }
+
+#[test]
+fn hipaa_analyst_masking_through_the_safe_harbor_profile() {
+    // analysts-masked-phi uses `profile: safe_harbor` with explicit SSN (partial) and MRN
+    // (token) entries; every column resolves as it did with the explicit list.
+    let p = hipaa();
+    let sql = "SELECT ssn, name, mrn, dob, zip, email, phone, city FROM patients";
+    let d = decide(&p, &role("ANALYST"), sql);
+    let Action::Mask { plan } = &d.action else {
+        panic!("{d:?}")
+    };
+    let names = ["SSN", "NAME", "MRN", "DOB", "ZIP", "EMAIL", "PHONE", "CITY"];
+    let cols: Vec<tollgate_policy::ResultColumnMeta<'_>> = names
+        .iter()
+        .map(|n| tollgate_policy::ResultColumnMeta {
+            name: n,
+            ..Default::default()
+        })
+        .collect();
+    let got: Vec<String> = p
+        .resolve_result_columns(&d.rule_id, plan, &cols)
+        .iter()
+        .map(|a| match a {
+            tollgate_policy::ColumnAction::Mask {
+                method,
+                keep_last,
+                rule_id,
+                ..
+            } => {
+                assert_eq!(rule_id, "analysts-masked-phi");
+                format!(
+                    "{method:?}{}",
+                    keep_last.map_or(String::new(), |k| k.to_string())
+                )
+            }
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "Partial4",
+            "Redact",
+            "Token",
+            "Generalize",
+            "Generalize",
+            "Redact",
+            "Redact",
+            "Generalize"
+        ]
+    );
+    let d = decide(
+        &p,
+        &role("ANALYST"),
+        "SELECT e.admit_date, d.icd10_code FROM ehr.encounters e \
+         JOIN ehr.diagnoses d ON e.id = d.encounter_id",
+    );
+    let Action::Mask { plan } = &d.action else {
+        panic!("{d:?}")
+    };
+    let cols = [
+        tollgate_policy::ResultColumnMeta {
+            name: "ADMIT_DATE",
+            ..Default::default()
+        },
+        tollgate_policy::ResultColumnMeta {
+            name: "ICD10_CODE",
+            ..Default::default()
+        },
+    ];
+    let actions = p.resolve_result_columns(&d.rule_id, plan, &cols);
+    assert!(
+        matches!(
+            &actions[..],
+            [
+                tollgate_policy::ColumnAction::Mask {
+                    method: tollgate_policy::MaskMethod::Generalize,
+                    ..
+                },
+                tollgate_policy::ColumnAction::Mask {
+                    method: tollgate_policy::MaskMethod::Redact,
+                    ..
+                }
+            ]
+        ),
+        "{actions:?}"
+    );
+}

@@ -151,11 +151,11 @@ fn detector_tag(d: Detector) -> &'static str {
         Detector::Phone => "phi.phone",
         Detector::DateOfBirth => "phi.dob",
         Detector::Mrn => "phi.mrn",
-        Detector::Npi => "phi.npi",
+        Detector::Npi => "phi.other_id",
         Detector::PaymentCard => "phi.account",
         Detector::Ipv4 => "phi.ip",
         Detector::StreetAddress | Detector::Zip => "phi.address",
-        _ => "phi.other",
+        _ => "phi.other_id",
     }
 }
 
