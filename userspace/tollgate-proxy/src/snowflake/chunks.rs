@@ -424,13 +424,17 @@ pub async fn serve(ticket: Arc<ChunkTicket>, storage: &StorageClient) -> Respons
 }
 
 /// Reads the storage body, inflates it when gzip'd, filters it and sends the output.
-async fn pump(
-    mut body: hyper::body::Incoming,
+async fn pump<B>(
+    mut body: B,
     gzip_header: Option<bool>,
     mut filter: Box<dyn ChunkFilter>,
     max_decompressed: u64,
     tx: &mpsc::Sender<Result<Bytes, String>>,
-) -> Result<String, String> {
+) -> Result<String, String>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let mut inflater: Option<flate2::write::MultiGzDecoder<Vec<u8>>> = None;
     let mut decided = gzip_header == Some(true);
     if decided {
@@ -519,4 +523,115 @@ async fn pump(
         return Err("the client went away".into());
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use http_body_util::Full;
+
+    use super::*;
+
+    /// Passes bytes through, counting them; fails at the end unless the body ends with `END`.
+    struct Checked {
+        seen: Vec<u8>,
+    }
+
+    impl ChunkFilter for Checked {
+        fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+            self.seen.extend_from_slice(input);
+            out.extend_from_slice(input);
+            Ok(())
+        }
+        fn finish(self: Box<Self>, _out: &mut Vec<u8>) -> Result<String, String> {
+            if self.seen.ends_with(b"END") {
+                Ok(format!("{} bytes", self.seen.len()))
+            } else {
+                Err("truncated".into())
+            }
+        }
+    }
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    async fn run(
+        body: Vec<u8>,
+        header: Option<bool>,
+        max: u64,
+    ) -> (Result<String, String>, Vec<u8>) {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let body = Full::new(Bytes::from(body));
+        let r = pump(
+            body,
+            header,
+            Box::new(Checked { seen: Vec::new() }),
+            max,
+            &tx,
+        )
+        .await;
+        drop(tx);
+        let mut out = Vec::new();
+        while let Some(Ok(b)) = rx.recv().await {
+            out.extend_from_slice(&b);
+        }
+        (r, out)
+    }
+
+    fn payload() -> Vec<u8> {
+        let mut p: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        p.extend_from_slice(b"END");
+        p
+    }
+
+    #[tokio::test]
+    async fn gzip_by_header_or_magic_is_inflated_in_order() {
+        let p = payload();
+        for header in [Some(true), None] {
+            let (r, out) = run(gz(&p), header, u64::MAX).await;
+            assert!(r.is_ok(), "{r:?}");
+            assert_eq!(out, p);
+        }
+    }
+
+    #[tokio::test]
+    async fn plain_bodies_pass_as_they_are() {
+        let p = payload();
+        let (r, out) = run(p.clone(), None, u64::MAX).await;
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(out, p);
+    }
+
+    #[tokio::test]
+    async fn truncated_gzip_fails() {
+        let z = gz(&payload());
+        let (r, _) = run(z[..z.len() / 2].to_vec(), Some(true), u64::MAX).await;
+        assert!(r.is_err());
+    }
+
+    #[tokio::test]
+    async fn bytes_that_are_not_gzip_under_a_gzip_header_fail() {
+        let mut junk = vec![0x1f, 0x8b, 0x08, 0x00];
+        junk.extend((0..4096u32).map(|i| (i * 7919 % 251) as u8));
+        let (r, out) = run(junk, Some(true), u64::MAX).await;
+        assert!(r.is_err());
+        assert!(out.is_empty() || !out.ends_with(b"END"));
+    }
+
+    #[tokio::test]
+    async fn decompression_is_capped() {
+        let bomb = gz(&vec![0u8; 64 << 20]);
+        let (r, out) = run(bomb, Some(true), 1 << 20).await;
+        let e = r.unwrap_err();
+        assert!(e.contains("decompresses to more than"), "{e}");
+        assert!(
+            out.len() <= (1 << 20) + INFLATE_STEP * 1100,
+            "{}",
+            out.len()
+        );
+    }
 }
