@@ -235,7 +235,7 @@ pub fn demo(root: &Path) -> Result<()> {
 }
 
 /// The text of a log line without terminal colours.
-fn strip_ansi(line: &str) -> String {
+pub(crate) fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {
