@@ -237,11 +237,20 @@ fn intercepted_name_gets_minted_leaf_and_verified_upstream() -> Result<()> {
         }
     }
     server.wait_line(Duration::from_secs(5), |l| l.contains("\"request\""))?;
-    let recs: Vec<Value> = tg
-        .records()
-        .into_iter()
-        .filter(|r| r["decision"] == "intercept")
-        .collect();
+    // Records are written when Tollgate sees a connection close, which may be just after the
+    // client has exited: wait for both.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let recs = loop {
+        let recs: Vec<Value> = tg
+            .records()
+            .into_iter()
+            .filter(|r| r["decision"] == "intercept")
+            .collect();
+        if recs.len() >= 2 || std::time::Instant::now() > deadline {
+            break recs;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(recs.len(), 2, "{recs:#?}");
     for rec in recs {
         assert_eq!(rec["sni"], SF_NAME);
