@@ -285,13 +285,13 @@ impl ChunkFilterFactory for MaskerFactory {
             if let Some(n) = self.limit {
                 m = m.with_row_limit(n);
             }
-            Box::new(ArrowFilter(m))
+            Box::new(m)
         } else {
             let mut m = self.masker.json_chunk_masker();
             if let Some(n) = self.limit {
                 m = m.with_row_limit(n);
             }
-            Box::new(JsonFilter(m))
+            Box::new(m)
         }
     }
 }
@@ -300,31 +300,23 @@ fn summary(counts: &ColumnCounts) -> String {
     serde_json::to_string(counts).unwrap_or_default()
 }
 
-struct ArrowFilter(tollgate_mask::rowset::ArrowChunkMasker);
-impl ChunkFilter for ArrowFilter {
-    fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-        self.0.push(input, out).map_err(|e| e.to_string())
-    }
-    fn finish(self: Box<Self>, out: &mut Vec<u8>) -> Result<String, String> {
-        self.0
-            .finish(out)
-            .map(|c| summary(&c))
-            .map_err(|e| e.to_string())
-    }
+/// Both streaming maskers are chunk filters (same methods, no common trait in the mask crate).
+macro_rules! chunk_filter {
+    ($masker:ty) => {
+        impl ChunkFilter for $masker {
+            fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+                <$masker>::push(self, input, out).map_err(|e| e.to_string())
+            }
+            fn finish(self: Box<Self>, out: &mut Vec<u8>) -> Result<String, String> {
+                <$masker>::finish(*self, out)
+                    .map(|c| summary(&c))
+                    .map_err(|e| e.to_string())
+            }
+        }
+    };
 }
-
-struct JsonFilter(tollgate_mask::rowset::JsonChunkMasker);
-impl ChunkFilter for JsonFilter {
-    fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-        self.0.push(input, out).map_err(|e| e.to_string())
-    }
-    fn finish(self: Box<Self>, out: &mut Vec<u8>) -> Result<String, String> {
-        self.0
-            .finish(out)
-            .map(|c| summary(&c))
-            .map_err(|e| e.to_string())
-    }
-}
+chunk_filter!(tollgate_mask::rowset::ArrowChunkMasker);
+chunk_filter!(tollgate_mask::rowset::JsonChunkMasker);
 
 /// Whether a response needs [`rewrite`]: a successful result with rows or chunks under a
 /// mask plan, a row cap, or chunks (whose storage URLs are never handed out).
@@ -351,16 +343,15 @@ pub fn rewrite(
         Some(_) => return Err("the result format is not understood".into()),
     };
     let mut report = RewriteReport::default();
+    let rowtype: &[Value] = resp
+        .json()
+        .pointer("/data/rowtype")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice);
     let (masker, mut masked_report) = match &plan.mask {
         Some(mask) => {
             let (rules, rep) = column_rules(plan, mask, resp, ctx.masking);
-            let rowtype: Vec<Value> = resp
-                .json()
-                .pointer("/data/rowtype")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let m = ResultMasker::new(rules, &rowtype).map_err(|e| e.to_string())?;
+            let m = ResultMasker::new(rules, rowtype).map_err(|e| e.to_string())?;
             (Some(Arc::new(m)), rep)
         }
         None => (None, Vec::new()),
@@ -383,15 +374,9 @@ pub fn rewrite(
     let limiter = match (&masker, caps.capped) {
         (Some(m), _) => Some(m.clone()),
         (None, true) => {
-            let rowtype: Vec<Value> = resp
-                .json()
-                .pointer("/data/rowtype")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
             let rules = (0..rowtype.len()).map(|_| ColumnRule::Keep).collect();
             Some(Arc::new(
-                ResultMasker::new(rules, &rowtype).map_err(|e| e.to_string())?,
+                ResultMasker::new(rules, rowtype).map_err(|e| e.to_string())?,
             ))
         }
         (None, false) => None,
