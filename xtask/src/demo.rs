@@ -11,7 +11,7 @@
 //!    (upstream verified), enforces `policies/demo.yaml` on every statement, masks PHI in the
 //!    results by column lineage (inline Arrow and JSON rows, and every result chunk: chunk URLs
 //!    point at Tollgate, which fetches the chunk from storage, masks it and streams it back),
-//!    caps rows, and writes a record per connection.
+//!    caps rows and bytes (`max_rows`, `max_bytes`), and writes a record per connection.
 //! 4. Fail closed: Tollgate is SIGKILLed and the agent's next connection is refused (never
 //!    direct); a restart resumes interception with no duplicate links.
 
@@ -139,6 +139,9 @@ pub fn demo(root: &Path) -> Result<()> {
     if out[0]["ok"] != true
         || out[0]["rows"][0][1] != "***"
         || out[3]["nrows"] != 50_000
+        || !out[4]["nrows"]
+            .as_u64()
+            .is_some_and(|n| (1..100_000).contains(&n))
         || out[5]["ok"] != false
         || out[6]["ok"] != false
     {

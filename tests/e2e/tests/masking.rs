@@ -478,7 +478,7 @@ fn chunk_urls_are_bound_to_the_live_session() -> Result<()> {
 }
 
 #[test]
-fn row_caps_hold_across_inline_rows_and_chunks() -> Result<()> {
+fn row_and_byte_caps_hold_across_inline_rows_and_chunks() -> Result<()> {
     let w = world("caps")?;
     let capped = |mut env: AgentEnv| {
         env.user = "capped".into();
@@ -508,7 +508,41 @@ fn row_caps_hold_across_inline_rows_and_chunks() -> Result<()> {
             got[0]["rows_sha256"], expect[0]["rows_sha256"],
             "{driver}: capped rows differ from the first 25,000"
         );
+        // User `bytecapped`: at most 1 MiB of the result (by its uncompressed size), i.e. the
+        // inline rows, whole chunks, and the share of the crossing chunk's rows that fits.
+        let dir = w.tap_dir(&format!("{driver}-bytes"));
+        let mut env = w.via(&dir);
+        env.user = "bytecapped".into();
+        let got = runner(&w.agents.path, env, std::slice::from_ref(&all))?;
+        assert_eq!(got[0]["ok"], true, "{driver}: {}", got[0]);
+        let n = got[0]["nrows"].as_u64().expect("nrows");
+        eprintln!("{driver}: 1 MiB byte cap kept {n} rows");
+        assert!(
+            (10_000..100_000).contains(&n),
+            "{driver}: byte cap kept {n} of 100,000 rows"
+        );
+        let mut env = w.direct_env();
+        env.user = "bytecapped".into();
+        let expect = runner(
+            &w.direct.path,
+            env,
+            &[Statement::sql(&format!(
+                "SELECT * FROM BULK.PUBLIC.EVENTS ORDER BY ID LIMIT {n}"
+            ))
+            .digest()],
+        )?;
+        assert_eq!(
+            got[0]["rows_sha256"], expect[0]["rows_sha256"],
+            "{driver}: byte-capped rows differ from the first {n}"
+        );
     }
+    let log = w.tollgate.log();
+    assert!(
+        log.lines().any(|l| l.contains("result rewritten")
+            && l.contains("byte-capped-bulk")
+            && l.contains("\"max_bytes\"")),
+        "Tollgate's log does not say the byte cap cut the result"
+    );
     Ok(())
 }
 

@@ -83,6 +83,8 @@ pub struct Decision {
     pub rule_id: String,
     /// Row cap: the smallest cap of the rules that decided the statements.
     pub max_rows: Option<u64>,
+    /// Byte cap (uncompressed result size): the smallest of the deciding rules' caps.
+    pub max_bytes: Option<u64>,
     /// Per statement, in text order.
     pub statements: Vec<StatementDecision>,
 }
@@ -191,6 +193,8 @@ pub struct StatementDecision {
     pub action: Action,
     /// Its row cap.
     pub max_rows: Option<u64>,
+    /// Its byte cap.
+    pub max_bytes: Option<u64>,
 }
 
 const REASON_UNPARSEABLE: &str =
@@ -245,6 +249,7 @@ impl Policy {
                     action: default_action(self.defaults.unparseable_sql, REASON_UNPARSEABLE),
                     rule_id: "default:unparseable_sql".into(),
                     max_rows: None,
+                    max_bytes: None,
                     statements: Vec::new(),
                 }
             }
@@ -290,6 +295,7 @@ impl Policy {
             action,
             rule_id: statements[decisive].rule_id.clone(),
             max_rows: statements.iter().filter_map(|s| s.max_rows).min(),
+            max_bytes: statements.iter().filter_map(|s| s.max_bytes).min(),
             statements,
         }
     }
@@ -297,17 +303,17 @@ impl Policy {
     fn decide_statement(&self, identity: &Identity, st: &StatementInfo) -> StatementDecision {
         let tables: Vec<&TableName> = st.tables().collect();
         let tags = self.statement_tags(st, &tables);
-        let (rule_id, action, max_rows) = if st.unresolved_bindings {
+        let (rule_id, action, caps) = if st.unresolved_bindings {
             (
                 "default:unresolved_bindings".to_owned(),
                 default_action(self.defaults.unresolved_bindings, REASON_UNRESOLVED),
-                None,
+                (None, None),
             )
         } else if st.kind == StatementKind::Unknown {
             (
                 "default:unknown_statement".to_owned(),
                 default_action(self.defaults.unknown_statement, REASON_UNKNOWN),
-                None,
+                (None, None),
             )
         } else {
             let candidates = &self.by_kind[kind_index(&st.kind)];
@@ -316,16 +322,20 @@ impl Policy {
                 .map(|&i| &self.rules[i as usize])
                 .find(|rule| rule_matches(rule, identity, st, &tables, &tags))
             {
-                Some(rule) => (rule.id.clone(), rule_action(rule), rule.max_rows),
+                Some(rule) => (
+                    rule.id.clone(),
+                    rule_action(rule),
+                    (rule.max_rows, rule.max_bytes),
+                ),
                 None if matches!(st.kind, StatementKind::Other(_)) => (
                     "default:unknown_statement".to_owned(),
                     default_action(self.defaults.unknown_statement, REASON_UNKNOWN),
-                    None,
+                    (None, None),
                 ),
                 None => (
                     "default:no_rule_matched".to_owned(),
                     default_action(self.defaults.no_rule_matched, REASON_NO_RULE),
-                    None,
+                    (None, None),
                 ),
             }
         };
@@ -337,7 +347,8 @@ impl Policy {
             tags: tags.into_iter().map(str::to_owned).collect(),
             rule_id,
             action,
-            max_rows,
+            max_rows: caps.0,
+            max_bytes: caps.1,
         }
     }
 

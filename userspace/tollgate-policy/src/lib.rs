@@ -45,4 +45,4 @@ pub use policy::{load, Issue, Policy, PolicyError};
 pub use profile::{safe_harbor_method, MASK_PROFILES, SAFE_HARBOR_TAGS};
 pub use redact::{fingerprint, redact_literals};
 pub use resolve::{ColumnAction, ResultColumnMeta};
-pub use schema::{ClassifiedCopies, MaskMethod, MaskedPredicates, UnknownLineage};
+pub use schema::{ByteSize, ClassifiedCopies, MaskMethod, MaskedPredicates, UnknownLineage};

@@ -12,8 +12,8 @@ use crate::analysis::StatementKind;
 use crate::glob::{NameGlob, TextGlob};
 use crate::profile::MASK_PROFILES;
 use crate::schema::{
-    ActionKind, ClassificationSpec, DefaultsSpec, MaskMethod, MaskSpec, MatchSpec, PolicyFile,
-    RuleSpec,
+    ActionKind, ByteSize, ClassificationSpec, DefaultsSpec, MaskMethod, MaskSpec, MatchSpec,
+    PolicyFile, RuleSpec,
 };
 
 /// Statement kind names usable in `match.statements`, in bit order.
@@ -231,6 +231,7 @@ pub(crate) struct Rule {
     pub action: ActionKind,
     pub reason: Option<String>,
     pub max_rows: Option<u64>,
+    pub max_bytes: Option<u64>,
     pub mask: Vec<MaskDirectiveSpec>,
 }
 
@@ -588,6 +589,25 @@ impl Validator<'_> {
             }
             _ => {}
         }
+        match spec.max_bytes {
+            Some(ByteSize(0)) => {
+                let line = at(self, "max_bytes", None);
+                self.issue(
+                    line,
+                    format!("rules[{i}].max_bytes"),
+                    "must be at least 1 byte (use action: deny to refuse)",
+                );
+            }
+            Some(_) if spec.action == ActionKind::Deny => {
+                let line = at(self, "max_bytes", None);
+                self.issue(
+                    line,
+                    format!("rules[{i}].max_bytes"),
+                    "a deny rule returns no rows; remove max_bytes",
+                );
+            }
+            _ => {}
+        }
         let mut mask = Vec::new();
         if spec.action == ActionKind::Mask && spec.mask.is_empty() {
             let line = at(self, "action", None);
@@ -690,6 +710,7 @@ impl Validator<'_> {
                 action: spec.action,
                 reason: spec.reason.clone(),
                 max_rows: spec.max_rows,
+                max_bytes: spec.max_bytes.map(|b| b.0),
                 mask,
             },
             kinds,

@@ -31,6 +31,7 @@
 //!     action: allow               # allow | deny | mask | require_approval
 //!     reason: "…"                 # required for deny / require_approval
 //!     max_rows: 1000
+//!     max_bytes: 64 MiB           # or a number of bytes; units B, KB, MB, GB, KiB, MiB, GiB
 //!     mask:                       # required for mask
 //!       - { tags: [phi.ssn], method: partial, keep_last: 4 }
 //!       - { profile: safe_harbor } # standing alone: the 18 HIPAA Safe Harbor identifiers
@@ -182,6 +183,9 @@ pub struct RuleSpec {
     /// Row cap for the result (not for `deny`).
     #[serde(default)]
     pub max_rows: Option<u64>,
+    /// Byte cap for the result, by its uncompressed size (not for `deny`).
+    #[serde(default)]
+    pub max_bytes: Option<ByteSize>,
     /// Masking directives; required for `mask`, refused otherwise.
     #[serde(default)]
     pub mask: Vec<MaskSpec>,
@@ -311,4 +315,101 @@ pub enum MaskMethod {
     Null,
     /// HIPAA Safe Harbor generalisation (dates → year, ZIP → 3 digits).
     Generalize,
+}
+
+/// A size in bytes, written as a number of bytes (`1048576`) or a number with a unit
+/// (`"64 MiB"`, `"10MB"`, `"512 KiB"`, `"1.5 GiB"`). Units: `B`, `KB`/`MB`/`GB`/`TB` (powers of
+/// 1000) and `KiB`/`MiB`/`GiB`/`TiB` (powers of 1024), case-insensitive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let unit = unit.trim();
+        let factor: u64 = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            "tib" => 1 << 40,
+            _ => {
+                return Err(format!(
+                    "{s:?} is not a size: unknown unit {unit:?} (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)"
+                ))
+            }
+        };
+        let bad = || format!("{s:?} is not a size: write a number of bytes or e.g. \"64 MiB\"");
+        if num.is_empty() {
+            return Err(bad());
+        }
+        let bytes = if let Ok(n) = num.parse::<u64>() {
+            n.checked_mul(factor)
+        } else {
+            let f: f64 = num.parse().map_err(|_| bad())?;
+            let v = f * factor as f64;
+            (v.is_finite() && v >= 0.0 && v < u64::MAX as f64).then_some(v as u64)
+        };
+        bytes
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number of bytes or a size such as \"64 MiB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod byte_size_tests {
+    use super::ByteSize;
+
+    #[test]
+    fn sizes_parse_with_and_without_units() {
+        let ok = [
+            ("1048576", 1_048_576),
+            ("64 MiB", 64 << 20),
+            ("10MB", 10_000_000),
+            ("512 kib", 512 << 10),
+            ("1.5 GiB", 3 << 29),
+            ("7 B", 7),
+        ];
+        for (s, want) in ok {
+            assert_eq!(s.parse::<ByteSize>(), Ok(ByteSize(want)), "{s}");
+        }
+        for bad in ["", "MiB", "12 parsecs", "-3", "1.2.3 MB", "99999999999 TiB"] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad} accepted");
+        }
+    }
 }

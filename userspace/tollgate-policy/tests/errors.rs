@@ -113,3 +113,32 @@ fn a_minimal_policy_compiles() {
     let p = Policy::compile("version: 1\n", "min.yaml").unwrap();
     assert_eq!(p.rule_count(), 0);
 }
+
+#[test]
+fn byte_caps_parse_units_and_refuse_nonsense() {
+    let ok = "version: 1
+rules:
+  - id: small
+    action: allow
+    max_bytes: 64 MiB
+  - id: tiny
+    match: { statements: [show] }
+    action: allow
+    max_bytes: 4096
+";
+    Policy::compile(ok, "test.yaml").expect("sizes with and without units compile");
+    let e = err("version: 1\nrules:\n  - id: a\n    action: allow\n    max_bytes: 12 parsecs\n");
+    assert!(
+        e.starts_with("test.yaml:5:") && e.contains("unknown unit \"parsecs\""),
+        "{e}"
+    );
+    let e = err("version: 1\nrules:\n  - id: a\n    action: allow\n    max_bytes: 0\n");
+    assert!(
+        e.contains("rules[0].max_bytes") && e.contains("at least 1 byte"),
+        "{e}"
+    );
+    let e = err(
+        "version: 1\nrules:\n  - id: a\n    action: deny\n    reason: no\n    max_bytes: 1 KiB\n",
+    );
+    assert!(e.contains("remove max_bytes"), "{e}");
+}

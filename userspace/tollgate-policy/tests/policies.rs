@@ -531,3 +531,33 @@ fn hipaa_analyst_masking_through_the_safe_harbor_profile() {
         "{actions:?}"
     );
 }
+
+#[test]
+fn byte_caps_take_the_smallest_of_the_deciding_rules() {
+    let p = Policy::compile(
+        "version: 1
+rules:
+  - id: big
+    match: { tables: [\"CLINICAL.PUBLIC.BIG\"] }
+    action: allow
+    max_bytes: 1 GiB
+  - id: small
+    match: { tables: [\"CLINICAL.PUBLIC.SMALL\"] }
+    action: allow
+    max_bytes: 2 MB
+    max_rows: 10
+  - id: rest
+    action: allow
+",
+        "caps.yaml",
+    )
+    .expect("compiles");
+    let id = role("ANALYST");
+    let d = decide(&p, &id, "SELECT * FROM big");
+    assert_eq!((d.max_bytes, d.max_rows), (Some(1 << 30), None));
+    let d = decide(&p, &id, "SELECT * FROM big; SELECT * FROM small");
+    assert_eq!((d.max_bytes, d.max_rows), (Some(2_000_000), Some(10)));
+    assert_eq!(d.statements[0].max_bytes, Some(1 << 30));
+    let d = decide(&p, &id, "SELECT * FROM other");
+    assert_eq!((d.max_bytes, d.max_rows), (None, None));
+}

@@ -314,6 +314,7 @@ impl SnowflakeHooks {
             rule_id: decision.rule_id.clone(),
             mask: mask.cloned(),
             max_rows: decision.max_rows,
+            max_bytes: decision.max_bytes,
             policy: policy.clone(),
         };
         match &decision.action {
@@ -472,7 +473,7 @@ impl SnowflakeHooks {
                     }
                 };
                 match self.decide(conn, None, &statement.statement, true) {
-                    Ok((_, plan)) if plan.mask.is_some() || plan.max_rows.is_some() => {
+                    Ok((_, plan)) if plan.rewrites() => {
                         RequestAction::Respond(
                             Refusal {
                                 sql_api: true,
@@ -622,10 +623,7 @@ impl SnowflakeHooks {
         };
         if let Some(rest) = rest {
             if let Pending::Statement { plan, .. } = &*pending {
-                if plan
-                    .as_ref()
-                    .is_none_or(|p| p.mask.is_some() || p.max_rows.is_some())
-                {
+                if plan.as_ref().is_none_or(|p| p.rewrites()) {
                     // A result Tollgate must rewrite but cannot inspect: withheld.
                     warn!(
                         limit = self.config.max_inspected_response,
@@ -721,6 +719,7 @@ impl SnowflakeHooks {
                         chunk_bytes = report.chunk_bytes,
                         rows = report.rows.unwrap_or(0),
                         capped = report.capped,
+                        capped_by = report.capped_by.unwrap_or("-"),
                         "result rewritten"
                     );
                     let mut parts = parts;

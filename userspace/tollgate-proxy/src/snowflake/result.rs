@@ -28,6 +28,8 @@ pub struct ResultPlan {
     pub mask: Option<MaskPlan>,
     /// Row cap.
     pub max_rows: Option<u64>,
+    /// Byte cap, over the result's uncompressed size.
+    pub max_bytes: Option<u64>,
     /// The policy that decided (resolution of result columns uses its classifications).
     pub policy: Arc<Policy>,
 }
@@ -75,8 +77,90 @@ pub struct RewriteReport {
     pub chunk_bytes: u64,
     /// Rows in the result after the cap.
     pub rows: Option<u64>,
-    /// The row cap cut the result.
+    /// A cap cut the result.
     pub capped: bool,
+    /// Which cap cut it: `max_rows` or `max_bytes` (the smaller row count; rows on a tie).
+    pub capped_by: Option<&'static str>,
+}
+
+impl ResultPlan {
+    /// Whether the plan caps the result (rows or bytes).
+    pub fn caps(&self) -> bool {
+        self.max_rows.is_some() || self.max_bytes.is_some()
+    }
+
+    /// Whether the result must be rewritten whatever it holds (masked or capped).
+    pub fn rewrites(&self) -> bool {
+        self.mask.is_some() || self.caps()
+    }
+}
+
+/// The size of a result's inline rows, for byte caps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InlineSize {
+    /// Size of each row (JSON rowsets: the row's JSON text).
+    PerRow(Vec<u64>),
+    /// Rows and their bytes together (Arrow: the decoded IPC stream), taken as evenly sized.
+    Total {
+        /// Rows.
+        rows: u64,
+        /// Bytes.
+        bytes: u64,
+    },
+}
+
+/// How many leading rows of a result fit in `max_bytes`: inline rows first, then whole chunks by
+/// the uncompressed size Snowflake announces for them (`chunks[].uncompressedSize`); the chunk
+/// (or Arrow inline part) that crosses the cap keeps the share of its rows that the bytes left
+/// allow, rounded down (rows × bytes left ÷ size). Errors when a chunk's size or row count is
+/// unknown (the cap could not be kept).
+pub fn rows_within_bytes(
+    max_bytes: u64,
+    inline: &InlineSize,
+    chunks: &[(Option<i64>, Option<i64>)],
+) -> Result<u64, String> {
+    fn share(rows: u64, left: u64, bytes: u64) -> u64 {
+        if bytes == 0 {
+            return rows;
+        }
+        (u128::from(rows) * u128::from(left) / u128::from(bytes)) as u64
+    }
+    let mut left = max_bytes;
+    let mut rows = 0u64;
+    match inline {
+        InlineSize::PerRow(sizes) => {
+            for &size in sizes {
+                if size > left {
+                    return Ok(rows);
+                }
+                left -= size;
+                rows += 1;
+            }
+        }
+        InlineSize::Total { rows: n, bytes } => {
+            if *bytes > left {
+                return Ok(share(*n, left, *bytes));
+            }
+            left -= bytes;
+            rows += n;
+        }
+    }
+    for (i, (n, size)) in chunks.iter().enumerate() {
+        let n = n
+            .filter(|r| *r >= 0)
+            .ok_or_else(|| format!("chunk {i} has no row count, so the byte cap cannot be kept"))?
+            as u64;
+        let size = size
+            .filter(|s| *s >= 0)
+            .ok_or_else(|| format!("chunk {i} has no size, so the byte cap cannot be kept"))?
+            as u64;
+        if size > left {
+            return Ok(rows + share(n, left, size));
+        }
+        left -= size;
+        rows += n;
+    }
+    Ok(rows)
 }
 
 /// Row-cap plan: how many rows stay inline and in each chunk.
@@ -323,8 +407,7 @@ chunk_filter!(tollgate_mask::rowset::JsonChunkMasker);
 pub fn needs_rewrite(plan: &ResultPlan, resp: &QueryResponse) -> bool {
     resp.success
         && !resp.is_in_progress()
-        && (!resp.chunks.is_empty()
-            || ((plan.mask.is_some() || plan.max_rows.is_some()) && !resp.rowtype.is_empty()))
+        && (!resp.chunks.is_empty() || (plan.rewrites() && !resp.rowtype.is_empty()))
 }
 
 /// Rewrites a successful query response per its plan. On error nothing of the response may be
@@ -369,7 +452,47 @@ pub fn rewrite(
         .or_else(|| resp.total.map(|t| (t - in_chunks).max(0) as u64))
         .or_else(|| resp.returned.map(|r| r.max(0) as u64))
         .unwrap_or(0);
-    let caps = plan_caps(plan.max_rows, inline_count, &chunk_rows)?;
+    // A byte cap becomes a row cap (the smaller of the two holds).
+    let byte_rows = match plan.max_bytes {
+        None => None,
+        Some(max) => {
+            let inline = if arrow {
+                let b64 = resp
+                    .json()
+                    .pointer("/data/rowsetBase64")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let pad = b64.bytes().rev().take_while(|b| *b == b'=').count();
+                InlineSize::Total {
+                    rows: inline_count,
+                    bytes: (b64.len() / 4 * 3).saturating_sub(pad) as u64,
+                }
+            } else {
+                InlineSize::PerRow(
+                    resp.rowset()
+                        .map(|rows| {
+                            rows.iter()
+                                .map(|r| serde_json::to_vec(r).map_or(0, |v| v.len() as u64))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                )
+            };
+            let sized: Vec<(Option<i64>, Option<i64>)> = resp
+                .chunks
+                .iter()
+                .map(|c| (c.row_count, c.uncompressed_size))
+                .collect();
+            Some(rows_within_bytes(max, &inline, &sized)?)
+        }
+    };
+    let (row_cap, cut_by) = match (plan.max_rows, byte_rows) {
+        (Some(r), Some(b)) if b < r => (Some(b), "max_bytes"),
+        (Some(r), _) => (Some(r), "max_rows"),
+        (None, Some(b)) => (Some(b), "max_bytes"),
+        (None, None) => (None, "max_rows"),
+    };
+    let caps = plan_caps(row_cap, inline_count, &chunk_rows)?;
     // A masker that keeps every column still enforces row limits in Arrow streams.
     let limiter = match (&masker, caps.capped) {
         (Some(m), _) => Some(m.clone()),
@@ -448,6 +571,7 @@ pub fn rewrite(
         };
         data.insert("returned".into(), Value::from(returned));
         report.capped = true;
+        report.capped_by = Some(cut_by);
     }
     report.rows = Some(caps.total);
 
@@ -574,6 +698,56 @@ mod tests {
         assert_eq!(p.chunk_keep, vec![Some(2)]);
         assert_eq!(p.total, 12);
         assert!(!p.capped);
+    }
+
+    #[test]
+    fn byte_cap_counts_json_rows_exactly() {
+        let inline = InlineSize::PerRow(vec![10, 10, 10]);
+        assert_eq!(rows_within_bytes(25, &inline, &[]).unwrap(), 2);
+        assert_eq!(rows_within_bytes(30, &inline, &[]).unwrap(), 3);
+        assert_eq!(rows_within_bytes(9, &inline, &[]).unwrap(), 0);
+        // Fits inline: whole chunks by size, then the crossing chunk's share of rows.
+        let chunks = [(Some(100), Some(1000)), (Some(100), Some(1000))];
+        assert_eq!(rows_within_bytes(30 + 1000, &inline, &chunks).unwrap(), 103);
+        assert_eq!(rows_within_bytes(30 + 1500, &inline, &chunks).unwrap(), 153);
+        assert_eq!(rows_within_bytes(30 + 1509, &inline, &chunks).unwrap(), 153);
+        assert_eq!(rows_within_bytes(u64::MAX, &inline, &chunks).unwrap(), 203);
+    }
+
+    #[test]
+    fn byte_cap_shares_arrow_inline_rows() {
+        let inline = InlineSize::Total {
+            rows: 50,
+            bytes: 5000,
+        };
+        assert_eq!(rows_within_bytes(2599, &inline, &[]).unwrap(), 25);
+        assert_eq!(
+            rows_within_bytes(6000, &inline, &[(Some(10), Some(2000))]).unwrap(),
+            55
+        );
+    }
+
+    #[test]
+    fn byte_cap_needs_sizes_and_row_counts() {
+        let inline = InlineSize::PerRow(vec![]);
+        let e = rows_within_bytes(10, &inline, &[(Some(1), Some(1)), (Some(5), None)]).unwrap_err();
+        assert!(e.contains("chunk 1 has no size"), "{e}");
+        let e = rows_within_bytes(10, &inline, &[(None, Some(1))]).unwrap_err();
+        assert!(e.contains("chunk 0 has no row count"), "{e}");
+    }
+
+    #[test]
+    fn byte_cap_as_row_cap_cuts_the_crossing_chunk() {
+        // 10 inline rows of 10 bytes, chunks of 100 rows / 1000 bytes: 1600 bytes keep the
+        // inline rows, the first chunk and half of the second.
+        let inline = InlineSize::PerRow(vec![10; 10]);
+        let chunks = [(Some(100), Some(1000)); 3];
+        let rows = rows_within_bytes(1600, &inline, &chunks).unwrap();
+        let p = plan_caps(Some(rows), 10, &[Some(100); 3]).unwrap();
+        assert_eq!(p.inline_keep, Some(10));
+        assert_eq!(p.chunk_keep, vec![Some(100), Some(50), None]);
+        assert_eq!(p.total, 160);
+        assert!(p.capped);
     }
 
     #[test]
