@@ -1,0 +1,315 @@
+//! The audit event: one flat record per thing that happened, the same shape in the spool, in
+//! ClickHouse and in `tollgate replay`.
+//!
+//! Events belong to a **chain** named by [`Event::session_id`]: a Snowflake session (login,
+//! queries, decisions, results, chunks, approvals, errors, session end) or a single connection
+//! (`conn:<id>`: connection, disconnect). Within a chain [`Event::seq`] counts from 0 and each
+//! event carries the hash of the previous one; the chain's last event (kind
+//! [`EventKind::SessionEnd`] or [`EventKind::Disconnect`]) is signed with the host's key. Across
+//! all chains of a host, [`Event::host_seq`] counts every event the spool ever took, so a
+//! deleted chain leaves a gap.
+//!
+//! What is never in an event: result values (except [`Event::result_rows`], the masked rows the
+//! agent received, and only when the deciding rule asks for them), tokens, keys, passwords, SQL
+//! literals (the SQL is stored with literals redacted unless the rule asks for full text).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What an event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A connection was accepted and the gate decided (intercept, pass-through, block, reject).
+    Connection,
+    /// A login attempt and its outcome.
+    Login,
+    /// A statement received (redacted SQL and fingerprint).
+    Query,
+    /// The policy decision on a statement.
+    Decision,
+    /// What a statement returned (rows, bytes, masked counts, duration).
+    Result,
+    /// A result chunk served by Tollgate.
+    Chunk,
+    /// A statement held for a human's approval.
+    ApprovalRequest,
+    /// The approver's answer.
+    ApprovalDecision,
+    /// An error: upstream, protocol, a withheld result.
+    Error,
+    /// A connection closed (last event of a connection chain; signed).
+    Disconnect,
+    /// A Snowflake session ended: logout, expiry, or Tollgate restarting (signed).
+    SessionEnd,
+}
+
+impl EventKind {
+    /// Every kind, in a stable order.
+    pub const ALL: [EventKind; 11] = [
+        EventKind::Connection,
+        EventKind::Login,
+        EventKind::Query,
+        EventKind::Decision,
+        EventKind::Result,
+        EventKind::Chunk,
+        EventKind::ApprovalRequest,
+        EventKind::ApprovalDecision,
+        EventKind::Error,
+        EventKind::Disconnect,
+        EventKind::SessionEnd,
+    ];
+
+    /// The name used in the spool and in ClickHouse.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Connection => "connection",
+            EventKind::Login => "login",
+            EventKind::Query => "query",
+            EventKind::Decision => "decision",
+            EventKind::Result => "result",
+            EventKind::Chunk => "chunk",
+            EventKind::ApprovalRequest => "approval_request",
+            EventKind::ApprovalDecision => "approval_decision",
+            EventKind::Error => "error",
+            EventKind::Disconnect => "disconnect",
+            EventKind::SessionEnd => "session_end",
+        }
+    }
+
+    /// Parses [`EventKind::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether this kind ends its chain (and is signed).
+    pub fn is_final(self) -> bool {
+        matches!(self, EventKind::Disconnect | EventKind::SessionEnd)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One masked result column: which, by which rule and method, how many values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaskedCount {
+    /// Result column name.
+    pub column: String,
+    /// The rule that asked for it.
+    pub rule_id: String,
+    /// `redact`, `partial`, `token`, `null`, `generalize` or `detect`.
+    pub method: String,
+    /// Values masked.
+    pub values: u64,
+}
+
+/// One audit event. Fields that do not apply are empty (`""`, `[]`, `None`, `0`).
+///
+/// Build one with [`Event::new`] and fill the fields that apply; the spool sets the chain
+/// fields (`seq`, `host_seq`, `prev_hash`, `hash`, `signature`, `key_id`) when it appends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// Unique id (random UUID).
+    pub event_id: Uuid,
+    /// The chain: a Snowflake session id, or `conn:<connection id>`.
+    pub session_id: String,
+    /// Position in the chain, from 0.
+    pub seq: u64,
+    /// Position in the host's spool, from 0, across all chains.
+    pub host_seq: u64,
+    /// When it happened: microseconds since the Unix epoch, UTC.
+    pub ts_us: i64,
+    /// What happened.
+    pub kind: EventKind,
+    /// The host that recorded it.
+    pub host: String,
+    /// The connection it happened on.
+    pub connection_id: String,
+    /// Process id (thread group) of the workload.
+    pub pid: Option<u32>,
+    /// Its user id.
+    pub uid: Option<u32>,
+    /// Its command name.
+    pub comm: String,
+    /// Its executable.
+    pub exe: String,
+    /// Its cgroup path.
+    pub cgroup: String,
+    /// Snowflake account.
+    pub sf_account: String,
+    /// Snowflake user.
+    pub sf_user: String,
+    /// Snowflake role.
+    pub sf_role: String,
+    /// Snowflake warehouse.
+    pub sf_warehouse: String,
+    /// Current database.
+    pub sf_database: String,
+    /// Current schema.
+    pub sf_schema: String,
+    /// OIDC subject of the workload's token, when one was presented and verified.
+    pub oidc_subject: String,
+    /// Its issuer.
+    pub oidc_issuer: String,
+    /// Statement kind (`select`, `insert`, …; several joined by `,`).
+    pub statement_kind: String,
+    /// Tables the statement touches, `DB.SCHEMA.TABLE`.
+    pub tables: Vec<String>,
+    /// The deciding rule (`default:…` for a default).
+    pub rule_id: String,
+    /// `allow`, `deny`, `mask`, `require_approval`, or an outcome (`ok`, `failed`, `withheld`).
+    pub decision: String,
+    /// Why (a deny's reason, an error's cause). Never values.
+    pub reason: String,
+    /// Snowflake query id.
+    pub query_id: String,
+    /// The statement, literals redacted (or in full where the rule says so).
+    pub sql: String,
+    /// Whether `sql` is the full text (the rule asked for it).
+    pub sql_full: bool,
+    /// Fingerprint of the normalised statement (same shape → same fingerprint).
+    pub sql_fingerprint: String,
+    /// Rows returned to the agent.
+    pub rows: u64,
+    /// Bytes returned to the agent (uncompressed result bytes).
+    pub bytes: u64,
+    /// Masked columns and counts.
+    pub masked: Vec<MaskedCount>,
+    /// Duration in microseconds (statement: request to response; connection: accept to close).
+    pub duration_us: u64,
+    /// Error code (Snowflake code, HTTP status, or Tollgate's).
+    pub error_code: String,
+    /// More facts by name (SNI, original destination, bytes up/down, chunk index, approval id…).
+    pub attrs: BTreeMap<String, String>,
+    /// Masked result rows as the agent received them (JSON array of arrays), only when the
+    /// deciding rule records results; otherwise empty.
+    pub result_rows: String,
+    /// Hex SHA-256 of the previous event of the chain (64 zeros for the first).
+    pub prev_hash: String,
+    /// Hex SHA-256 of this event's canonical form (everything above).
+    pub hash: String,
+    /// Hex Ed25519 signature of `hash` by the host key (final events only).
+    pub signature: String,
+    /// Id of the signing key (first 16 hex digits of the SHA-256 of the public key).
+    pub key_id: String,
+}
+
+impl Event {
+    /// A new event of `kind` in chain `session_id`, stamped now, with a fresh id.
+    pub fn new(kind: EventKind, session_id: impl Into<String>) -> Self {
+        Event {
+            event_id: Uuid::new_v4(),
+            session_id: session_id.into(),
+            seq: 0,
+            host_seq: 0,
+            ts_us: now_us(),
+            kind,
+            host: String::new(),
+            connection_id: String::new(),
+            pid: None,
+            uid: None,
+            comm: String::new(),
+            exe: String::new(),
+            cgroup: String::new(),
+            sf_account: String::new(),
+            sf_user: String::new(),
+            sf_role: String::new(),
+            sf_warehouse: String::new(),
+            sf_database: String::new(),
+            sf_schema: String::new(),
+            oidc_subject: String::new(),
+            oidc_issuer: String::new(),
+            statement_kind: String::new(),
+            tables: Vec::new(),
+            rule_id: String::new(),
+            decision: String::new(),
+            reason: String::new(),
+            query_id: String::new(),
+            sql: String::new(),
+            sql_full: false,
+            sql_fingerprint: String::new(),
+            rows: 0,
+            bytes: 0,
+            masked: Vec::new(),
+            duration_us: 0,
+            error_code: String::new(),
+            attrs: BTreeMap::new(),
+            result_rows: String::new(),
+            prev_hash: String::new(),
+            hash: String::new(),
+            signature: String::new(),
+            key_id: String::new(),
+        }
+    }
+
+    /// Sets an attribute (builder style).
+    pub fn attr(mut self, key: &str, value: impl ToString) -> Self {
+        self.attrs.insert(key.to_owned(), value.to_string());
+        self
+    }
+
+    /// The chain name of connection `id`.
+    pub fn connection_chain(id: &str) -> String {
+        format!("conn:{id}")
+    }
+
+    /// The timestamp as RFC 3339 with microseconds, UTC.
+    pub fn ts_rfc3339(&self) -> String {
+        format_us(self.ts_us)
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// RFC 3339 with six fractional digits, UTC, of a µs timestamp.
+pub fn format_us(us: i64) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| us.to_string())
+}
+
+/// Parses RFC 3339 (`2026-11-26T10:00:00Z`, fractions allowed) into µs since the epoch.
+pub fn parse_rfc3339_us(s: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1000).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_by_name() {
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+            let j = serde_json::to_string(&k).unwrap();
+            assert_eq!(j, format!("\"{}\"", k.as_str()));
+        }
+        assert!(EventKind::Disconnect.is_final() && !EventKind::Query.is_final());
+    }
+
+    #[test]
+    fn timestamps_format_and_parse() {
+        let us = 1_795_000_000_123_456;
+        let s = format_us(us);
+        assert!(s.ends_with(".123456Z"), "{s}");
+        assert_eq!(parse_rfc3339_us(&s), Some(us));
+    }
+}
