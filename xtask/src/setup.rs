@@ -31,6 +31,7 @@ pub fn setup() -> Result<()> {
     bpffs()?;
     cgroup2()?;
     driver_venv()?;
+    clickhouse_venv()?;
     node_agent()?;
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         bail!("this kernel exposes no BTF (/sys/kernel/btf/vmlinux): Tollgate needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Debian's kernels are)");
@@ -159,6 +160,40 @@ fn driver_venv() -> Result<()> {
     run(Command::new(venv.join("bin/pip"))
         .args(["install", "-q", "--disable-pip-version-check"])
         .args(snowflake::PYTHON_PINS))?;
+    std::fs::write(&marker, pins)?;
+    Ok(())
+}
+
+/// The venv of the test ClickHouse server (`tests/clickhouse/chserver.py`): the pinned
+/// `chdb-core` wheel, which carries a complete ClickHouse 26.9 engine (Debian's clickhouse is
+/// from 2018). A marker file holding the pins makes a second run a no-op.
+fn clickhouse_venv() -> Result<()> {
+    use tollgate_e2e::clickhouse;
+    let venv = clickhouse::venv_dir();
+    let marker = venv.join(".tollgate-pins");
+    let pins = clickhouse::CHDB_PINS.join("\n");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(pins.as_str())
+        && clickhouse::python_bin().exists()
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: creating the ClickHouse (chdb) venv at {} (about 40 s, ~900 MB)",
+        venv.display()
+    );
+    if !clickhouse::python_bin().exists() {
+        let python = ["python3.11", "python3"]
+            .into_iter()
+            .find(|p| Command::new(p).arg("--version").output().is_ok())
+            .context("no python3 found: install python3 (with venv) first")?;
+        if let Some(parent) = venv.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        run(Command::new(python).arg("-m").arg("venv").arg(&venv))?;
+    }
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check"])
+        .args(clickhouse::CHDB_PINS))?;
     std::fs::write(&marker, pins)?;
     Ok(())
 }

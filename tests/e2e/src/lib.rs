@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod clickhouse;
 pub mod snowflake;
 pub mod tap;
 

@@ -295,6 +295,8 @@ pub struct ChainHead {
     pub next_seq: u64,
     /// Hash of the last event.
     pub last_hash: String,
+    /// Timestamp of the last event (µs).
+    pub last_ts_us: i64,
 }
 
 /// The open chains of a spool and the host sequence: assigns chain fields to new events.
@@ -314,6 +316,11 @@ impl Chainer {
             host.clone_into(&mut e.host);
         }
         let head = self.heads.get(&e.session_id);
+        // Time never goes backwards along a chain: an event created before, but recorded
+        // after, another (concurrent tasks) takes the later time.
+        if let Some(h) = head {
+            e.ts_us = e.ts_us.max(h.last_ts_us);
+        }
         e.seq = head.map_or(0, |h| h.next_seq);
         e.prev_hash = head.map_or_else(|| GENESIS.to_owned(), |h| h.last_hash.clone());
         e.host_seq = self.next_host_seq;
@@ -338,6 +345,7 @@ impl Chainer {
                 ChainHead {
                     next_seq: e.seq + 1,
                     last_hash: e.hash.clone(),
+                    last_ts_us: e.ts_us,
                 },
             );
         }
@@ -361,7 +369,10 @@ mod tests {
         let mut end = Event::new(EventKind::SessionEnd, "s1");
         c.seal(&mut end, "h", &key);
         assert_eq!((a.seq, b.seq, end.seq, other.seq), (0, 1, 2, 0));
-        assert_eq!((a.host_seq, b.host_seq, other.host_seq, end.host_seq), (0, 1, 2, 3));
+        assert_eq!(
+            (a.host_seq, b.host_seq, other.host_seq, end.host_seq),
+            (0, 1, 2, 3)
+        );
         assert_eq!(a.prev_hash, GENESIS);
         assert_eq!(b.prev_hash, a.hash);
         assert_eq!(end.prev_hash, b.hash);

@@ -469,7 +469,10 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<Vec<u32>, ShipError> {
                 .replace("{engine}", engine)
                 .replace("{retention_days}", &cfg.retention_days.to_string())
                 .replace("{writer}", &ident(&cfg.user))
-                .replace("{password}", &literal(cfg.password.as_deref().unwrap_or("")));
+                .replace(
+                    "{password}",
+                    &literal(cfg.password.as_deref().unwrap_or("")),
+                );
             run(sql).await?;
         }
         run(format!(
@@ -661,7 +664,12 @@ impl Shipper {
         self.stats.clone()
     }
 
-    async fn insert(&self, client: &Client, events: &[Event], token: &str) -> Result<(), ShipError> {
+    async fn insert(
+        &self,
+        client: &Client,
+        events: &[Event],
+        token: &str,
+    ) -> Result<(), ShipError> {
         let client = client
             .clone()
             .with_setting("insert_deduplication_token", token)
@@ -677,7 +685,9 @@ impl Shipper {
                 .await
                 .map_err(|e| ShipError::from_clickhouse(&e, what))?;
         }
-        ins.end().await.map_err(|e| ShipError::from_clickhouse(&e, what))
+        ins.end()
+            .await
+            .map_err(|e| ShipError::from_clickhouse(&e, what))
     }
 
     /// Ships `events` (the batch `[from, to)`), splitting on data errors; events ClickHouse
@@ -690,7 +700,10 @@ impl Shipper {
         to: u64,
         cursor: &mut Cursor,
     ) -> Result<(), ShipError> {
-        let token = format!("{}:{from}-{to}", events.first().map_or("", |e| e.host.as_str()));
+        let token = format!(
+            "{}:{from}-{to}",
+            events.first().map_or("", |e| e.host.as_str())
+        );
         match self.insert(client, events, &token).await {
             Ok(()) => Ok(()),
             Err(ShipError::Data { code, detail, .. }) if events.len() > 1 => {
@@ -796,7 +809,8 @@ impl Shipper {
             }
         };
         if !events.is_empty() {
-            self.ship_batch(client, &events, from, to, &mut cursor).await?;
+            self.ship_batch(client, &events, from, to, &mut cursor)
+                .await?;
         }
         cursor.next = to;
         cursor.inflight = None;

@@ -21,7 +21,15 @@ pub fn event_line(e: &Event, start_us: i64) -> String {
     );
     match e.kind {
         EventKind::Connection | EventKind::Disconnect => {
-            for k in ["client", "original_dst", "sni", "gate", "bytes_up", "bytes_down", "requests"] {
+            for k in [
+                "client",
+                "original_dst",
+                "sni",
+                "gate",
+                "bytes_up",
+                "bytes_down",
+                "requests",
+            ] {
                 if let Some(v) = e.attrs.get(k) {
                     field(&mut out, k, v);
                 }
@@ -56,13 +64,22 @@ pub fn event_line(e: &Event, start_us: i64) -> String {
                 let _ = write!(out, " took={:.1}ms", e.duration_us as f64 / 1000.0);
             }
             for m in &e.masked {
-                let _ = write!(out, " masked[{}:{}×{} by {}]", m.column, m.method, m.values, m.rule_id);
+                let _ = write!(
+                    out,
+                    " masked[{}:{}×{} by {}]",
+                    m.column, m.method, m.values, m.rule_id
+                );
             }
         }
         EventKind::Error | EventKind::SessionEnd => {}
     }
     field(&mut out, "error", &e.error_code);
-    if !e.reason.is_empty() && matches!(e.kind, EventKind::Error | EventKind::SessionEnd | EventKind::Disconnect) {
+    if !e.reason.is_empty()
+        && matches!(
+            e.kind,
+            EventKind::Error | EventKind::SessionEnd | EventKind::Disconnect
+        )
+    {
         let _ = write!(out, " reason={:?}", e.reason);
     }
     if !e.signature.is_empty() {
@@ -107,7 +124,11 @@ pub fn render(events: &[Event]) -> String {
         or_dash(&who.sf_schema)
     );
     if !who.oidc_subject.is_empty() {
-        let _ = writeln!(out, "  oidc: sub={} iss={}", who.oidc_subject, who.oidc_issuer);
+        let _ = writeln!(
+            out,
+            "  oidc: sub={} iss={}",
+            who.oidc_subject, who.oidc_issuer
+        );
     }
     for e in &events {
         let _ = writeln!(out, "  {}", event_line(e, first.ts_us));

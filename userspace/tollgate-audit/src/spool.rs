@@ -75,7 +75,9 @@ impl SpoolOptions {
 #[non_exhaustive]
 pub enum SpoolError {
     /// The spool could not be written; the event is not stored.
-    #[error("the audit spool {dir} cannot be written ({cause}); free space or fix permissions on it")]
+    #[error(
+        "the audit spool {dir} cannot be written ({cause}); free space or fix permissions on it"
+    )]
     Write {
         /// The spool directory.
         dir: PathBuf,
@@ -107,7 +109,10 @@ pub struct Receipt {
 }
 
 enum Msg {
-    Append(Box<Event>, Option<oneshot::Sender<Result<Receipt, SpoolError>>>),
+    Append(
+        Box<Event>,
+        Option<oneshot::Sender<Result<Receipt, SpoolError>>>,
+    ),
     Flush(oneshot::Sender<()>),
 }
 
@@ -135,7 +140,7 @@ pub struct Spool {
 #[derive(Serialize, Deserialize, Default)]
 struct HeadsFile {
     next_host_seq: u64,
-    heads: HashMap<String, (u64, String)>,
+    heads: HashMap<String, (u64, String, i64)>,
 }
 
 fn seg_name(start: u64) -> String {
@@ -173,9 +178,13 @@ fn frame(e: &Event, out: &mut Vec<u8>) {
     out.extend_from_slice(&payload);
 }
 
+/// What [`read_segment`] found: the events with their offsets, the offset where valid data
+/// ends, and whether bytes follow it (a torn or damaged frame).
+pub type SegmentScan = (Vec<(u64, Event)>, u64, bool);
+
 /// Reads the frames of one segment from `offset`: the events, and the offset where valid data
 /// ends (a torn or damaged frame stops the scan there).
-pub fn read_segment(path: &Path, offset: u64) -> io::Result<(Vec<(u64, Event)>, u64, bool)> {
+pub fn read_segment(path: &Path, offset: u64) -> io::Result<SegmentScan> {
     let mut f = File::open(path)?;
     f.seek(SeekFrom::Start(offset))?;
     let mut data = Vec::new();
@@ -216,7 +225,10 @@ pub fn read_from(dir: &Path, from: u64, limit: usize) -> Result<Vec<Event>, Spoo
         cause: e.to_string(),
     };
     let segs = segments(dir).map_err(rerr)?;
-    let first = segs.iter().rposition(|(start, _)| *start <= from).unwrap_or(0);
+    let first = segs
+        .iter()
+        .rposition(|(start, _)| *start <= from)
+        .unwrap_or(0);
     let mut out = Vec::new();
     for (_, path) in &segs[first.min(segs.len())..] {
         let (events, _, _) = read_segment(path, 0).map_err(rerr)?;
@@ -279,7 +291,7 @@ impl Writer {
                 .chainer
                 .heads
                 .iter()
-                .map(|(k, h)| (k.clone(), (h.next_seq, h.last_hash.clone())))
+                .map(|(k, h)| (k.clone(), (h.next_seq, h.last_hash.clone(), h.last_ts_us)))
                 .collect(),
         };
         write_atomic(
@@ -307,7 +319,10 @@ impl Writer {
         let mut undo: Vec<(String, Option<ChainHead>)> = Vec::with_capacity(events.len());
         self.buf.clear();
         for e in events.iter_mut() {
-            undo.push((e.session_id.clone(), self.chainer.heads.get(&e.session_id).cloned()));
+            undo.push((
+                e.session_id.clone(),
+                self.chainer.heads.get(&e.session_id).cloned(),
+            ));
             self.chainer.seal(e, &self.opts.host, &self.key);
             frame(e, &mut self.buf);
         }
@@ -325,7 +340,11 @@ impl Writer {
                 self.failures.fetch_add(1, Ordering::Relaxed);
                 // Cut the segment back so no partial frame stays between good ones; if even
                 // that fails, the next batch starts a new segment.
-                if file.set_len(self.len).and_then(|()| file.sync_data()).is_err() {
+                if file
+                    .set_len(self.len)
+                    .and_then(|()| file.sync_data())
+                    .is_err()
+                {
                     self.file = None;
                 }
                 for (session, head) in undo.into_iter().rev() {
@@ -425,12 +444,13 @@ impl Spool {
                 chainer.heads = h
                     .heads
                     .into_iter()
-                    .map(|(k, (next_seq, last_hash))| {
+                    .map(|(k, (next_seq, last_hash, last_ts_us))| {
                         (
                             k,
                             ChainHead {
                                 next_seq,
                                 last_hash,
+                                last_ts_us,
                             },
                         )
                     })
@@ -520,6 +540,31 @@ impl Spool {
         let (tx, rx) = oneshot::channel();
         self.send(Msg::Append(Box::new(event), Some(tx)))?;
         rx.await.map_err(|_| SpoolError::Stopped)?
+    }
+
+    /// Appends several events (one group commit when the writer is idle) and waits until all
+    /// are durable. On error none of those that failed is stored; the first error is returned.
+    pub async fn append_many(&self, events: Vec<Event>) -> Result<Vec<Receipt>, SpoolError> {
+        let mut waits = Vec::with_capacity(events.len());
+        for e in events {
+            let (tx, rx) = oneshot::channel();
+            self.send(Msg::Append(Box::new(e), Some(tx)))?;
+            waits.push(rx);
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        let mut first_err = None;
+        for w in waits {
+            match w.await.map_err(|_| SpoolError::Stopped).and_then(|r| r) {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     /// Appends `event` and waits, from a thread that is not a tokio worker.
@@ -615,10 +660,22 @@ mod tests {
         {
             let key = HostKey::load_or_create(&key_path).unwrap();
             let (spool, _) = Spool::open(opts(&spool_dir), key).unwrap();
-            spool.append(Event::new(EventKind::Login, "s1")).await.unwrap();
-            spool.append(Event::new(EventKind::Query, "s1")).await.unwrap();
-            spool.append(Event::new(EventKind::Login, "s2")).await.unwrap();
-            spool.append(Event::new(EventKind::SessionEnd, "s2")).await.unwrap();
+            spool
+                .append(Event::new(EventKind::Login, "s1"))
+                .await
+                .unwrap();
+            spool
+                .append(Event::new(EventKind::Query, "s1"))
+                .await
+                .unwrap();
+            spool
+                .append(Event::new(EventKind::Login, "s2"))
+                .await
+                .unwrap();
+            spool
+                .append(Event::new(EventKind::SessionEnd, "s2"))
+                .await
+                .unwrap();
         }
         // A torn frame, as a crash mid-write leaves it.
         let (_, seg) = segments(&spool_dir).unwrap().pop().unwrap();
@@ -630,12 +687,18 @@ mod tests {
         let (spool, rec) = Spool::open(opts(&spool_dir), key).unwrap();
         assert_eq!(rec.torn_bytes, 9);
         assert_eq!(rec.closed_chains, 1, "s1 was open");
-        let r = spool.append(Event::new(EventKind::Login, "s3")).await.unwrap();
+        let r = spool
+            .append(Event::new(EventKind::Login, "s3"))
+            .await
+            .unwrap();
         assert_eq!(r.host_seq, 5);
         let all = read_all(&spool_dir).unwrap();
         assert_eq!(all.len(), 6);
         let end = &all[4];
-        assert_eq!((end.kind, end.session_id.as_str(), end.seq), (EventKind::SessionEnd, "s1", 2));
+        assert_eq!(
+            (end.kind, end.session_id.as_str(), end.seq),
+            (EventKind::SessionEnd, "s1", 2)
+        );
         assert_eq!(end.prev_hash, all[1].hash);
         assert!(public.verify_hash(&end.hash, &end.signature));
     }
@@ -657,10 +720,12 @@ mod tests {
             }
         }
         assert!(segments(dir.path()).unwrap().len() > 3);
-        let (spool, rec) =
-            Spool::open(o, HostKey::load_or_create(&key_path).unwrap()).unwrap();
+        let (spool, rec) = Spool::open(o, HostKey::load_or_create(&key_path).unwrap()).unwrap();
         assert_eq!(rec.closed_chains, 2);
-        spool.append(Event::new(EventKind::Query, "s9")).await.unwrap();
+        spool
+            .append(Event::new(EventKind::Query, "s9"))
+            .await
+            .unwrap();
         let all = read_all(dir.path()).unwrap();
         assert_eq!(all.len(), 43);
         let s1: Vec<_> = all.iter().filter(|e| e.session_id == "s1").collect();

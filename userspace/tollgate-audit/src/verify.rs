@@ -349,14 +349,26 @@ mod tests {
     fn intact_chains_verify() {
         let key = HostKey::generate();
         let events = sample(&key);
-        let r = verify(&events, Some(&key.public()), Scope { complete_hosts: true });
+        let r = verify(
+            &events,
+            Some(&key.public()),
+            Scope {
+                complete_hosts: true,
+            },
+        );
         assert!(r.ok(), "{:?}", r.problems);
         assert_eq!(r.events, 7);
         assert!(r.chains.iter().all(|c| c.closed));
         // Duplicates (at-least-once delivery) are harmless.
         let mut dup = events.clone();
         dup.push(events[1].clone());
-        let r = verify(&dup, Some(&key.public()), Scope { complete_hosts: true });
+        let r = verify(
+            &dup,
+            Some(&key.public()),
+            Scope {
+                complete_hosts: true,
+            },
+        );
         assert!(r.ok() && r.duplicates == 1);
     }
 
@@ -378,8 +390,15 @@ mod tests {
         let mut deleted = events.clone();
         deleted.remove(3);
         let p = problems(&deleted, &key);
-        assert!(p.contains(&"MISSING  session s1 seq 2: event deleted".to_owned()), "{p:?}");
-        assert!(p.iter().any(|l| l.starts_with("GAP      host h host_seq 3..3")), "{p:?}");
+        assert!(
+            p.contains(&"MISSING  session s1 seq 2: event deleted".to_owned()),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("GAP      host h host_seq 3..3")),
+            "{p:?}"
+        );
 
         // Reorder: swap the positions (and host positions) of two events, re-hashing them so
         // each is self-consistent: the links break.
@@ -391,10 +410,17 @@ mod tests {
         swapped[a].hash = event_hash(&swapped[a]);
         swapped[b].hash = event_hash(&swapped[b]);
         let p = problems(&swapped, &key);
-        assert!(p.iter().any(|l| l.starts_with("BROKEN   session s1")), "{p:?}");
+        assert!(
+            p.iter().any(|l| l.starts_with("BROKEN   session s1")),
+            "{p:?}"
+        );
 
         // Whole session deleted: only the host sequence shows it.
-        let without_s2: Vec<Event> = events.iter().filter(|e| e.session_id != "s2").cloned().collect();
+        let without_s2: Vec<Event> = events
+            .iter()
+            .filter(|e| e.session_id != "s2")
+            .cloned()
+            .collect();
         let p = problems(&without_s2, &key);
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(p.iter().all(|l| l.starts_with("GAP")), "{p:?}");
@@ -405,13 +431,20 @@ mod tests {
         forged[last].reason = "forged".into();
         forged[last].hash = event_hash(&forged[last]);
         let p = problems(&forged, &key);
-        assert!(p.iter().any(|l| l.starts_with("SIGNATURE session s1 seq 4")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("SIGNATURE session s1 seq 4")),
+            "{p:?}"
+        );
 
         // Time going backwards along a chain.
         let mut back = events.clone();
         back[4].ts_us = 0;
         back[4].hash = event_hash(&back[4]);
         let p = problems(&back, &key);
-        assert!(p.iter().any(|l| l.starts_with("REORDER  session s1 seq 3")), "{p:?}");
+        assert!(
+            p.iter().any(|l| l.starts_with("REORDER  session s1 seq 3")),
+            "{p:?}"
+        );
     }
 }

@@ -87,6 +87,21 @@ pub trait ExchangeHooks: Send + Sync + 'static {
         Box::pin(async move { RequestAction::Forward(request) })
     }
 
+    /// Called when the gate decided to intercept a connection, before its TLS handshake. An
+    /// error closes the connection (e.g. the audit spool cannot record it).
+    fn connection_opened<'a>(
+        &'a self,
+        conn: &'a ConnectionContext,
+    ) -> HookFuture<'a, Result<(), String>> {
+        let _ = conn;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Called with the record of every connection when it closes.
+    fn connection_closed(&self, record: &crate::record::ConnectionRecord) {
+        let _ = record;
+    }
+
     /// Inspects or rewrites an upstream response before it goes to the client.
     fn response_filter<'a>(
         &'a self,

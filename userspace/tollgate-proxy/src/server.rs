@@ -401,6 +401,7 @@ async fn serve_connection(
         reason = %record.close_reason,
         "connection closed"
     );
+    shared.hooks.connection_closed(&record);
     shared.records.submit(record).await;
 }
 
@@ -503,6 +504,10 @@ async fn pipeline(
                 process: process.map(Arc::new),
                 client_version: http::Version::HTTP_11,
             };
+            if let Err(why) = shared.hooks.connection_opened(&ctx).await {
+                tracing::error!(%id, %client, error = %why, "intercepted connection closed: it cannot be audited");
+                return format!("audit_unavailable: {why}");
+            }
             let env = InterceptEnv {
                 acceptor: shared.acceptor.clone(),
                 handshake_timeout: config.client_handshake_timeout,

@@ -94,6 +94,100 @@ pub struct Config {
     pub snowflake: SnowflakeSection,
     /// Result masking.
     pub masking: MaskingSection,
+    /// The audit trail.
+    pub audit: AuditSection,
+}
+
+/// `audit:` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// The local spool (append-only, fsync'd; the embedded store). Default `<state_dir>/spool`.
+    pub spool_dir: Option<PathBuf>,
+    /// The host's Ed25519 signing key (PKCS#8), created on first start with its public half
+    /// beside it (`<key>.pub`). Default `<state_dir>/audit.key`.
+    pub key_file: Option<PathBuf>,
+    /// The host name recorded in events. Default: the kernel's host name.
+    pub host: Option<String>,
+    /// Ship events to ClickHouse (absent: the spool is the store).
+    pub clickhouse: Option<ClickHouseSection>,
+}
+
+/// `audit.clickhouse:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseSection {
+    /// HTTP(S) endpoint, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// Database (created by the migrations).
+    pub database: String,
+    /// The writer user (needs INSERT on `<database>.events` only).
+    pub user: String,
+    /// File holding the writer's password (first line).
+    pub password_file: Option<PathBuf>,
+    /// User that runs the schema migrations at start (default: the writer).
+    pub admin_user: Option<String>,
+    /// File holding the admin's password.
+    pub admin_password_file: Option<PathBuf>,
+    /// Whether migrations create the writer user and grant it INSERT (the admin needs access
+    /// management rights).
+    pub create_writer: bool,
+    /// Retention in days (TTL; HIPAA asks for six years).
+    pub retention_days: u32,
+    /// Events per insert at most.
+    pub batch_max: usize,
+    /// Cluster name for the replicated schema variant (`ON CLUSTER`).
+    pub cluster: Option<String>,
+}
+
+impl Default for ClickHouseSection {
+    fn default() -> Self {
+        ClickHouseSection {
+            url: String::new(),
+            database: "tollgate".into(),
+            user: "default".into(),
+            password_file: None,
+            admin_user: None,
+            admin_password_file: None,
+            create_writer: false,
+            retention_days: 6 * 365 + 2,
+            batch_max: 5000,
+            cluster: None,
+        }
+    }
+}
+
+impl ClickHouseSection {
+    /// The sink configuration, passwords read from their files.
+    pub fn sink_config(&self) -> Result<tollgate_audit::clickhouse::ClickHouseConfig, ConfigError> {
+        let read = |field: &str, p: &Option<PathBuf>| -> Result<Option<String>, ConfigError> {
+            match p {
+                None => Ok(None),
+                Some(p) => std::fs::read_to_string(p)
+                    .map(|s| Some(s.lines().next().unwrap_or("").to_owned()))
+                    .map_err(|e| {
+                        invalid(
+                            field,
+                            format!("cannot read the password file {}: {e}", p.display()),
+                        )
+                    }),
+            }
+        };
+        let mut c = tollgate_audit::clickhouse::ClickHouseConfig::new(self.url.clone());
+        c.database.clone_from(&self.database);
+        c.user.clone_from(&self.user);
+        c.password = read("audit.clickhouse.password_file", &self.password_file)?;
+        c.admin_user.clone_from(&self.admin_user);
+        c.admin_password = read(
+            "audit.clickhouse.admin_password_file",
+            &self.admin_password_file,
+        )?;
+        c.create_writer = self.create_writer;
+        c.retention_days = self.retention_days;
+        c.batch_max = self.batch_max;
+        c.cluster.clone_from(&self.cluster);
+        Ok(c)
+    }
 }
 
 /// `masking:` section.
@@ -185,6 +279,7 @@ impl Default for Config {
             policy: None,
             snowflake: SnowflakeSection::default(),
             masking: MaskingSection::default(),
+            audit: AuditSection::default(),
         }
     }
 }
@@ -376,8 +471,41 @@ impl Config {
         })
     }
 
+    /// The spool directory.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.audit
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("spool"))
+    }
+
+    /// The audit key file.
+    pub fn audit_key(&self) -> PathBuf {
+        self.audit
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("audit.key"))
+    }
+
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(ch) = &self.audit.clickhouse {
+            if !(ch.url.starts_with("http://") || ch.url.starts_with("https://")) {
+                return Err(invalid(
+                    "audit.clickhouse.url",
+                    format!(
+                        "`{}` is not an HTTP(S) URL; give ClickHouse's HTTP endpoint, e.g. http://127.0.0.1:8123",
+                        ch.url
+                    ),
+                ));
+            }
+            if ch.batch_max == 0 || ch.retention_days == 0 {
+                return Err(invalid(
+                    "audit.clickhouse",
+                    "batch_max and retention_days must be at least 1".to_owned(),
+                ));
+            }
+        }
         if self.version != CONFIG_VERSION {
             return Err(invalid(
                 "version",

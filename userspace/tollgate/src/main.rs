@@ -1,6 +1,7 @@
 //! `tollgate`: the appliance's binary — CLI, configuration, and the wiring of the redirect
 //! (eBPF), the proxy (TLS interception) and the connection records.
 
+mod audit_cmd;
 mod config;
 mod policy_cmd;
 mod run;
@@ -42,6 +43,11 @@ enum Command {
     /// Check policy files and explain decisions.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Print an audited session as it happened (from the spool or ClickHouse).
+    Replay(audit_cmd::ReplayArgs),
+    /// Verify and follow the audit trail.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
     /// Remove the redirect: every pinned link, program and map. Agents connect directly again.
     Detach {
         /// bpffs directory of the pins.
@@ -118,6 +124,21 @@ pub struct RunArgs {
     /// Key file for `token` masking (default `<state-dir>/mask.key`, created on first start).
     #[arg(long, value_name = "FILE")]
     mask_key: Option<PathBuf>,
+    /// Audit spool directory (default `<state-dir>/spool`).
+    #[arg(long, value_name = "DIR")]
+    spool: Option<PathBuf>,
+    /// Ship the audit trail to ClickHouse at this HTTP(S) URL.
+    #[arg(long, value_name = "URL")]
+    clickhouse: Option<String>,
+    /// ClickHouse database (default `tollgate`).
+    #[arg(long, value_name = "NAME")]
+    clickhouse_database: Option<String>,
+    /// ClickHouse writer user (default `default`).
+    #[arg(long, value_name = "NAME")]
+    clickhouse_user: Option<String>,
+    /// File holding the ClickHouse writer's password.
+    #[arg(long, value_name = "FILE")]
+    clickhouse_password_file: Option<PathBuf>,
 }
 
 fn parse_resolve(s: &str) -> Result<(String, std::net::IpAddr), String> {
@@ -179,6 +200,23 @@ impl RunArgs {
         if let Some(k) = &self.mask_key {
             c.masking.key_file = Some(absolute(k)?);
         }
+        if let Some(d) = &self.spool {
+            c.audit.spool_dir = Some(absolute(d)?);
+        }
+        if let Some(url) = &self.clickhouse {
+            c.audit.clickhouse.get_or_insert_with(Default::default).url = url.clone();
+        }
+        if let Some(ch) = c.audit.clickhouse.as_mut() {
+            if let Some(d) = &self.clickhouse_database {
+                ch.database = d.clone();
+            }
+            if let Some(u) = &self.clickhouse_user {
+                ch.user = u.clone();
+            }
+            if let Some(p) = &self.clickhouse_password_file {
+                ch.password_file = Some(absolute(p)?);
+            }
+        }
         if self.no_ebpf {
             c.redirect.mode = config::RedirectMode::None;
         }
@@ -206,6 +244,8 @@ fn main() -> std::process::ExitCode {
         Command::Status { pin_dir, json } => run::status(&pin_dir, json),
         Command::Detach { pin_dir } => run::detach(&pin_dir),
         Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::Replay(args) => audit_cmd::replay(&args),
+        Command::Audit(cmd) => audit_cmd::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -163,6 +163,34 @@ pub fn run(config: Config) -> Result<()> {
             ticket_lifetime: Duration::from_secs(sf.chunk_ticket_lifetime_secs),
         },
     );
+    // The audit spool first: nothing is served unless it can be recorded.
+    let audit_host = config
+        .audit
+        .host
+        .clone()
+        .or_else(hostname)
+        .unwrap_or_else(|| "localhost".into());
+    let key_path = config.audit_key();
+    let audit_key = tollgate_audit::HostKey::load_or_create(&key_path)
+        .with_context(|| format!("preparing the audit signing key {}", key_path.display()))?;
+    info!(key = %key_path.display(), key_id = %audit_key.public().key_id(), "audit signing key");
+    let spool_dir = config.spool_dir();
+    let (spool, recovery) = tollgate_audit::Spool::open(
+        tollgate_audit::SpoolOptions::new(spool_dir.clone(), audit_host.clone()),
+        audit_key,
+    )
+    .with_context(|| format!("opening the audit spool {}", spool_dir.display()))?;
+    info!(
+        spool = %spool_dir.display(),
+        events = recovery.next_host_seq,
+        closed_chains = recovery.closed_chains,
+        torn_bytes = recovery.torn_bytes,
+        "audit spool open"
+    );
+    let clickhouse = match &config.audit.clickhouse {
+        Some(ch) => Some(ch.sink_config()?),
+        None => None,
+    };
     let hooks = Arc::new(
         SnowflakeHooks::new(
             SnowflakeConfig {
@@ -182,7 +210,8 @@ pub fn run(config: Config) -> Result<()> {
             policy,
         )
         .with_storage(storage)
-        .with_masking(masking),
+        .with_masking(masking)
+        .with_audit(tollgate_proxy::audit::Auditor::new(spool.clone())),
     );
 
     let (ca, created) = CertificateAuthority::load_or_create(&config.state_dir)
@@ -254,6 +283,34 @@ pub fn run(config: Config) -> Result<()> {
             hooks,
         );
         let bound = proxy.bind().context("binding the proxy listeners")?;
+        let (stop_ship, stop_rx) = tokio::sync::watch::channel(false);
+        let shipper = clickhouse.map(|ch| {
+            let durable = spool.durable();
+            let dir = spool_dir.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut wait = Duration::from_secs(1);
+                loop {
+                    match tollgate_audit::clickhouse::migrate(&ch).await {
+                        Ok(applied) => {
+                            info!(url = %ch.url, database = %ch.database, ?applied, "audit schema ready in ClickHouse");
+                            break;
+                        }
+                        Err(e) => {
+                            warn!(error = %e, retry_in_s = wait.as_secs(), "ClickHouse schema not ready; events wait in the spool");
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = stop.changed() => return,
+                            }
+                            wait = (wait * 2).min(Duration::from_secs(30));
+                        }
+                    }
+                }
+                tollgate_audit::clickhouse::Shipper::new(ch, dir, durable)
+                    .run(stop)
+                    .await;
+            })
+        });
         if let Some(r) = ebpf_redirects {
             // The programs log only when they cannot store a record; forward that to our log.
             tokio::spawn(async move {
@@ -269,11 +326,12 @@ pub fn run(config: Config) -> Result<()> {
         let addrs: Vec<String> = bound.local_addrs().iter().map(|a| a.to_string()).collect();
         match &redirect_cfg {
             Some(rc) => println!(
-                "tollgate ready: listening on {}; redirecting TCP ports {:?} from {} cgroup(s); records: {}",
+                "tollgate ready: listening on {}; redirecting TCP ports {:?} from {} cgroup(s); records: {}; audit spool: {}",
                 addrs.join(", "),
                 rc.ports,
                 rc.cgroups.len(),
-                records_target
+                records_target,
+                spool_dir.display()
             ),
             None => println!(
                 "tollgate ready: listening on {} (no eBPF: feed it with a REDIRECT rule); records: {}",
@@ -283,6 +341,13 @@ pub fn run(config: Config) -> Result<()> {
         }
         let stats = bound.run(shutdown_signal()).await?;
         info!(?stats, "proxy stopped");
+        spool.flush().await;
+        let _ = stop_ship.send(true);
+        if let Some(s) = shipper {
+            if tokio::time::timeout(Duration::from_secs(10), s).await.is_err() {
+                warn!("audit shipping did not finish in 10 s; the rest ships at the next start");
+            }
+        }
         if redirect_cfg.is_some() {
             warn!("the redirect stays in force while tollgate is stopped (agents get connection refused); `tollgate detach` removes it");
         }

@@ -78,6 +78,10 @@ pub struct ChunkTicket {
     pub query_id: String,
     /// The chunk's index in the result, for logs.
     pub index: usize,
+    /// Rows the result announced for it (after caps).
+    pub rows: u64,
+    /// Per result column: (name, rule, method) when masked, for the audit record.
+    pub masked: Arc<Vec<Option<(String, String, String)>>>,
     /// After this the ticket is refused.
     pub expires: Instant,
 }
@@ -342,12 +346,25 @@ pub fn error_reply(status: StatusCode, message: &str) -> Response<ProxyBody> {
 }
 
 /// Fetches the ticket's chunk and streams it (filtered) to the client.
-pub async fn serve(ticket: Arc<ChunkTicket>, storage: &StorageClient) -> Response<ProxyBody> {
+/// What became of a served chunk: `Ok` with the filter's counts (JSON; `None` when served
+/// unfiltered), or the error that ended it.
+pub type ChunkDone = Box<dyn FnOnce(Result<Option<String>, String>) + Send>;
+
+/// Fetches the ticket's chunk and streams it (filtered) to the client; `done` hears how it
+/// ended.
+pub async fn serve(
+    ticket: Arc<ChunkTicket>,
+    storage: &StorageClient,
+    done: Option<ChunkDone>,
+) -> Response<ProxyBody> {
     let what = format!("result chunk {} of query {}", ticket.index, ticket.query_id);
     let resp = match storage.get(&ticket.url, &ticket.headers).await {
         Ok(r) => r,
         Err(e) => {
             warn!(query = %ticket.query_id, chunk = ticket.index, error = %e, "chunk fetch failed");
+            if let Some(done) = done {
+                done(Err(format!("fetch: {e}")));
+            }
             return error_reply(
                 StatusCode::BAD_GATEWAY,
                 &format!("Tollgate could not fetch {what}: {e}"),
@@ -368,6 +385,9 @@ pub async fn serve(ticket: Arc<ChunkTicket>, storage: &StorageClient) -> Respons
             }
         }
         debug!(query = %ticket.query_id, chunk = ticket.index, "chunk served unfiltered");
+        if let Some(done) = done {
+            done(Ok(None));
+        }
         return out;
     };
     let gzip_header = resp
@@ -383,10 +403,16 @@ pub async fn serve(ticket: Arc<ChunkTicket>, storage: &StorageClient) -> Respons
         let result = pump(body, gzip_header, factory.make(), max, &tx).await;
         match result {
             Ok(summary) => {
-                info!(query = %log_ticket.query_id, chunk = log_ticket.index, masked = %summary, "chunk served")
+                info!(query = %log_ticket.query_id, chunk = log_ticket.index, masked = %summary, "chunk served");
+                if let Some(done) = done {
+                    done(Ok(Some(summary)));
+                }
             }
             Err(e) => {
                 warn!(query = %log_ticket.query_id, chunk = log_ticket.index, error = %e, "chunk failed");
+                if let Some(done) = done {
+                    done(Err(e.clone()));
+                }
                 let _ = tx.send(Err(e)).await;
             }
         }

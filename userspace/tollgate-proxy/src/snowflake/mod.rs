@@ -29,6 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use std::time::Instant;
 use tollgate_policy::{
     analyze, fingerprint, Action, Analysis, AnalysisError, Decision, EvalInput, Identity,
     NameContext, Policy, StatementKind,
@@ -38,7 +39,11 @@ use tollgate_wire::snowflake::{
     Endpoint, ErrorReply, LoginRequest, LoginResponse, QueryParams, QueryRequest, QueryResponse,
     StatementRequest, TokenRequest, TokenResponse,
 };
-use tracing::{info, warn};
+
+use tollgate_audit::{Event, EventKind, MaskedCount};
+use tracing::{error, info, warn};
+
+use crate::audit::{with_process, with_snowflake, Auditor};
 
 pub use chunks::{ChunkStore, StorageClient, StorageConfig, CHUNK_PATH_PREFIX};
 pub use result::{Masking, ResultPlan, RewriteReport};
@@ -92,6 +97,7 @@ pub struct SnowflakeHooks {
     chunks: ChunkStore,
     storage: Option<StorageClient>,
     masking: Masking,
+    audit: Option<Auditor>,
 }
 
 impl std::fmt::Debug for SnowflakeHooks {
@@ -110,6 +116,8 @@ enum Pending {
         process: Option<Arc<crate::ProcessIdentity>>,
     },
     Statement {
+        /// When the request arrived.
+        started: Instant,
         session: Option<Arc<Session>>,
         uses: Vec<(tollgate_policy::UseKind, String)>,
         /// What the decision asks of the result; `None` only when no decision is known
@@ -124,6 +132,47 @@ enum Pending {
     Logout {
         session: Arc<Session>,
     },
+}
+
+/// Masked counts of a served chunk: the filter's per-column counts (JSON of
+/// [`tollgate_mask::rowset::ColumnCounts`]) named by the result's masked columns.
+fn chunk_masked(columns: &[Option<(String, String, String)>], summary: &str) -> Vec<MaskedCount> {
+    let counts: serde_json::Value = serde_json::from_str(summary).unwrap_or_default();
+    let per_column = counts["columns"].as_array().cloned().unwrap_or_default();
+    columns
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let (column, rule_id, method) = c.as_ref()?;
+            Some(MaskedCount {
+                column: column.clone(),
+                rule_id: rule_id.clone(),
+                method: method.clone(),
+                values: per_column
+                    .get(i)
+                    .and_then(|c| c["masked"].as_u64())
+                    .unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// A statement's decision: the `USE` targets and the result plan, or the refusal.
+type Decided = Result<(Vec<(tollgate_policy::UseKind, String)>, ResultPlan), Refusal>;
+
+/// What a response did, for the audit record.
+#[derive(Default)]
+struct Outcome {
+    query_id: Option<String>,
+    outcome: &'static str,
+    rows: u64,
+    bytes: u64,
+    masked: Vec<MaskedCount>,
+    error_code: String,
+    reason: String,
+    attrs: std::collections::BTreeMap<String, String>,
+    /// Login: the session created, or the failure (code, message).
+    login: Option<Result<Arc<Session>, (String, String)>>,
 }
 
 /// Why a request was answered by Tollgate itself.
@@ -206,7 +255,60 @@ impl SnowflakeHooks {
                 key: None,
                 detectors: Arc::new(tollgate_mask::DetectorSet::standard()),
             },
+            audit: None,
         }
+    }
+
+    /// Records every login, statement, decision, result, chunk and session end in the audit
+    /// spool; statements and results wait for their events to be durable and are refused when
+    /// the spool cannot be written.
+    pub fn with_audit(mut self, audit: Auditor) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// An event of `kind` for this connection and session, with the process and Snowflake
+    /// identity filled in.
+    fn event(&self, kind: EventKind, conn: &ConnectionContext, session: Option<&Session>) -> Event {
+        let chain = session
+            .map(|s| s.id.clone())
+            .unwrap_or_else(|| Event::connection_chain(&conn.id));
+        let mut e = Event::new(kind, chain);
+        e.connection_id.clone_from(&conn.id);
+        let process = session
+            .and_then(|s| s.process.clone())
+            .or_else(|| conn.process.clone());
+        with_process(&mut e, process.as_deref());
+        if let Some(s) = session {
+            with_snowflake(&mut e, &s.identity());
+        }
+        e
+    }
+
+    /// Appends events that gate a step; on failure, the refusal to send instead.
+    async fn audit_gate(
+        &self,
+        events: Vec<Event>,
+        sql_api: bool,
+    ) -> Result<(), Response<ProxyBody>> {
+        let Some(audit) = &self.audit else {
+            return Ok(());
+        };
+        if events.is_empty() {
+            return Ok(());
+        }
+        audit.record(events).await.map_err(|e| {
+            error!(error = %e, "statement refused: the audit spool cannot be written");
+            Refusal {
+                sql_api,
+                sql_state: "58030",
+                message: format!(
+                    "Tollgate refused this request because it cannot be audited: {e}. No access without audit; tell the operator of this host."
+                ),
+                close: false,
+            }
+            .into_response()
+        })
     }
 
     /// Serves result chunks through Tollgate, fetching them from storage with `storage`.
@@ -279,7 +381,7 @@ impl SnowflakeHooks {
         session: Option<&Arc<Session>>,
         sql: &str,
         sql_api: bool,
-    ) -> Result<(Vec<(tollgate_policy::UseKind, String)>, ResultPlan), Refusal> {
+    ) -> (Decided, Vec<Event>) {
         let identity = self.identity(conn, session.map(|s| s.as_ref()));
         let ctx = NameContext {
             database: identity.database.clone(),
@@ -301,6 +403,53 @@ impl SnowflakeHooks {
         };
         let session_id = session.map(|s| s.id.as_str()).unwrap_or("-");
         let fp = fingerprint(sql);
+        let events = if self.audit.is_some() {
+            let mut tables: Vec<String> = decision
+                .statements
+                .iter()
+                .flat_map(|s| s.tables.iter().map(ToString::to_string))
+                .collect();
+            tables.sort();
+            tables.dedup();
+            let kind_names = match &analysis {
+                Ok(a) => a
+                    .statements
+                    .iter()
+                    .map(|s| s.kind.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                Err(_) => "unparseable".into(),
+            };
+            let mut q = self.event(EventKind::Query, conn, session.map(|s| s.as_ref()));
+            q.sql = tollgate_policy::redact_literals(sql);
+            q.sql_fingerprint.clone_from(&fp);
+            q.statement_kind.clone_from(&kind_names);
+            q.tables.clone_from(&tables);
+            if sql_api {
+                q.attrs.insert("api".into(), "sql_api".into());
+            }
+            let mut d = self.event(EventKind::Decision, conn, session.map(|s| s.as_ref()));
+            d.rule_id.clone_from(&decision.rule_id);
+            d.decision = decision.action.name().to_owned();
+            d.statement_kind = kind_names;
+            d.tables = tables;
+            d.sql_fingerprint.clone_from(&fp);
+            match &decision.action {
+                Action::Deny { reason } | Action::RequireApproval { reason } => {
+                    d.reason.clone_from(reason);
+                }
+                _ => {}
+            }
+            if let Some(n) = decision.max_rows {
+                d.attrs.insert("max_rows".into(), n.to_string());
+            }
+            if let Some(n) = decision.max_bytes {
+                d.attrs.insert("max_bytes".into(), n.to_string());
+            }
+            vec![q, d]
+        } else {
+            Vec::new()
+        };
         let refuse = |what: &str, reason: &str, sql_state: &'static str| Refusal {
             sql_api,
             sql_state,
@@ -317,7 +466,7 @@ impl SnowflakeHooks {
             max_bytes: decision.max_bytes,
             policy: policy.clone(),
         };
-        match &decision.action {
+        let outcome = match &decision.action {
             Action::Allow => {
                 info!(conn = %conn.id, session = session_id, rule = %decision.rule_id, ?kinds, fingerprint = %fp, "statement allowed");
                 let uses = analysis
@@ -348,7 +497,8 @@ impl SnowflakeHooks {
                 info!(conn = %conn.id, session = session_id, rule = %decision.rule_id, ?kinds, fingerprint = %fp, "statement allowed with masked results");
                 Ok((Vec::new(), plan(Some(mask))))
             }
-        }
+        };
+        (outcome, events)
     }
 
     async fn on_request(
@@ -366,6 +516,7 @@ impl SnowflakeHooks {
             return RequestAction::Respond(self.serve_chunk(conn, &target).await);
         }
         let endpoint = classify(request.method().as_str(), &target);
+        let started = Instant::now();
         let authority = request
             .uri()
             .authority()
@@ -387,22 +538,35 @@ impl SnowflakeHooks {
                 };
                 match LoginRequest::parse(&params, &body) {
                     Ok(login) => {
+                        let request_identity = SnowflakeIdentity {
+                            account: login.account.clone(),
+                            user: login.login_name.clone(),
+                            role: login.role.clone(),
+                            warehouse: login.warehouse.clone(),
+                            database: login.database.clone(),
+                            schema: login.schema.clone(),
+                            authenticator: Some(login.authenticator.as_wire().to_owned()),
+                            client: login.client_app_id.clone().map(|app| {
+                                format!(
+                                    "{app} {}",
+                                    login.client_app_version.clone().unwrap_or_default()
+                                )
+                            }),
+                        };
+                        // The attempt is recorded before anything reaches Snowflake.
+                        if self.audit.is_some() {
+                            let mut e = self.event(EventKind::Login, conn, None);
+                            with_snowflake(&mut e, &request_identity);
+                            e.decision = "attempt".into();
+                            if let Some(a) = &request_identity.authenticator {
+                                e.attrs.insert("authenticator".into(), a.clone());
+                            }
+                            if let Err(refusal) = self.audit_gate(vec![e], false).await {
+                                return RequestAction::Respond(refusal);
+                            }
+                        }
                         exchange.state.insert(Arc::new(Pending::Login {
-                            request: SnowflakeIdentity {
-                                account: login.account.clone(),
-                                user: login.login_name.clone(),
-                                role: login.role.clone(),
-                                warehouse: login.warehouse.clone(),
-                                database: login.database.clone(),
-                                schema: login.schema.clone(),
-                                authenticator: Some(login.authenticator.as_wire().to_owned()),
-                                client: login.client_app_id.clone().map(|app| {
-                                    format!(
-                                        "{app} {}",
-                                        login.client_app_version.clone().unwrap_or_default()
-                                    )
-                                }),
-                            },
+                            request: request_identity,
                             process: conn.process.clone(),
                         }));
                         RequestAction::Forward(request)
@@ -438,9 +602,14 @@ impl SnowflakeHooks {
                         )
                     }
                 };
-                match self.decide(conn, session.as_ref(), &query.sql_text, false) {
+                let (decided, events) = self.decide(conn, session.as_ref(), &query.sql_text, false);
+                if let Err(refusal) = self.audit_gate(events, false).await {
+                    return RequestAction::Respond(refusal);
+                }
+                match decided {
                     Ok((uses, plan)) => {
                         exchange.state.insert(Arc::new(Pending::Statement {
+                            started,
                             session,
                             uses,
                             plan: Some(Arc::new(plan)),
@@ -472,7 +641,11 @@ impl SnowflakeHooks {
                         )
                     }
                 };
-                match self.decide(conn, None, &statement.statement, true) {
+                let (decided, events) = self.decide(conn, None, &statement.statement, true);
+                if let Err(refusal) = self.audit_gate(events, true).await {
+                    return RequestAction::Respond(refusal);
+                }
+                match decided {
                     Ok((_, plan)) if plan.rewrites() => {
                         RequestAction::Respond(
                             Refusal {
@@ -519,6 +692,7 @@ impl SnowflakeHooks {
                 let session = self.session_of(&request);
                 let plan = session.as_ref().and_then(|s| s.result_plan(&query_id));
                 exchange.state.insert(Arc::new(Pending::Statement {
+                    started,
                     session,
                     uses: Vec::new(),
                     plan,
@@ -604,31 +778,125 @@ impl SnowflakeHooks {
 
     async fn on_response(
         &self,
+        conn: &ConnectionContext,
         exchange: &mut Exchange,
         response: Response<ProxyBody>,
     ) -> Response<ProxyBody> {
         let Some(pending) = exchange.state.get::<Arc<Pending>>().cloned() else {
             return response;
         };
+        let mut out = Outcome::default();
+        let resp = self.respond(&pending, response, &mut out).await;
+        if self.audit.is_none() {
+            return resp;
+        }
+        let events = self.outcome_events(conn, &pending, out);
+        match &*pending {
+            Pending::Statement { .. } | Pending::Login { .. } => {
+                if let Err(refusal) = self.audit_gate(events, false).await {
+                    return refusal;
+                }
+            }
+            _ => {
+                if let Some(audit) = &self.audit {
+                    for e in events {
+                        audit.record_detached(e);
+                    }
+                }
+            }
+        }
+        resp
+    }
+
+    /// The audit events for what a response did.
+    fn outcome_events(
+        &self,
+        conn: &ConnectionContext,
+        pending: &Pending,
+        out: Outcome,
+    ) -> Vec<Event> {
+        match pending {
+            Pending::Statement {
+                started,
+                session,
+                plan,
+                ..
+            } => {
+                let mut e = self.event(EventKind::Result, conn, session.as_deref());
+                e.query_id = out.query_id.unwrap_or_default();
+                e.decision = out.outcome.to_owned();
+                e.rule_id = plan.as_ref().map(|p| p.rule_id.clone()).unwrap_or_default();
+                e.rows = out.rows;
+                e.bytes = out.bytes;
+                e.masked = out.masked;
+                e.error_code = out.error_code;
+                e.reason = out.reason;
+                e.attrs = out.attrs;
+                e.duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                vec![e]
+            }
+            Pending::Login { request, process } => match out.login {
+                Some(Ok(session)) => {
+                    let mut e = self.event(EventKind::Login, conn, Some(&session));
+                    e.decision = "ok".into();
+                    if let Some(a) = &request.authenticator {
+                        e.attrs.insert("authenticator".into(), a.clone());
+                    }
+                    if let Some(c) = &request.client {
+                        e.attrs.insert("client".into(), c.clone());
+                    }
+                    vec![e]
+                }
+                Some(Err((code, message))) => {
+                    let mut e = self.event(EventKind::Login, conn, None);
+                    with_process(&mut e, process.as_deref());
+                    with_snowflake(&mut e, request);
+                    e.decision = "failed".into();
+                    e.error_code = code;
+                    e.reason = message;
+                    vec![e]
+                }
+                None => Vec::new(),
+            },
+            Pending::Logout { session } => {
+                let mut e = self.event(EventKind::SessionEnd, conn, Some(session));
+                e.decision = "logout".into();
+                vec![e]
+            }
+            Pending::Renewal { .. } => Vec::new(),
+        }
+    }
+
+    async fn respond(
+        &self,
+        pending: &Arc<Pending>,
+        response: Response<ProxyBody>,
+        out: &mut Outcome,
+    ) -> Response<ProxyBody> {
         let (parts, body) = response.into_parts();
         let (raw, rest) = match body::collect_prefix(body, self.config.max_inspected_response).await
         {
             Ok(x) => x,
             Err(e) => {
                 warn!(error = %e, "upstream response body failed");
+                out.outcome = "upstream_failed";
+                out.reason = format!("upstream response body failed: {e}");
+                out.error_code = "502".into();
                 let mut r = Response::new(full(Bytes::new()));
                 *r.status_mut() = StatusCode::BAD_GATEWAY;
                 return r;
             }
         };
         if let Some(rest) = rest {
-            if let Pending::Statement { plan, .. } = &*pending {
+            if let Pending::Statement { plan, .. } = &**pending {
                 if plan.as_ref().is_none_or(|p| p.rewrites()) {
                     // A result Tollgate must rewrite but cannot inspect: withheld.
                     warn!(
                         limit = self.config.max_inspected_response,
                         "query result too large to inspect: withheld"
                     );
+                    out.outcome = "withheld";
+                    out.reason = "result too large to inspect".into();
                     return withheld(
                         None,
                         &format!(
@@ -639,6 +907,8 @@ impl SnowflakeHooks {
                 }
             }
             // Too large to inspect: forwarded as it comes.
+            out.outcome = "forwarded_uninspected";
+            out.bytes = raw.len() as u64;
             return Response::from_parts(parts, body::chain(raw, rest));
         }
         let encoding = parts
@@ -652,12 +922,14 @@ impl SnowflakeHooks {
             ..BodyLimits::default()
         };
         let decoded = decode_body(encoding.as_deref(), &raw, &limits);
+        let decoded_len = decoded.as_ref().map_or(raw.len(), |d| d.bytes.len());
         if let Pending::Statement {
             session,
             uses,
             plan,
             authority,
-        } = &*pending
+            ..
+        } = &**pending
         {
             let resp = decoded
                 .map_err(|e| e.to_string())
@@ -665,15 +937,39 @@ impl SnowflakeHooks {
             let mut resp = match resp {
                 Ok(r) => r,
                 Err(e) => {
+                    out.reason = format!("the response could not be read: {e}");
                     if plan.as_ref().is_some_and(|p| p.mask.is_some()) {
+                        out.outcome = "withheld";
                         return withheld(None, &format!("the result could not be read: {e}"));
                     }
+                    out.outcome = "forwarded_unparsed";
+                    out.bytes = raw.len() as u64;
                     return Response::from_parts(parts, full(raw));
                 }
             };
+            out.query_id.clone_from(&resp.query_id);
+            out.bytes = decoded_len as u64;
+            out.rows = resp.total.or(resp.returned).unwrap_or(0).max(0) as u64;
+            if resp.success {
+                out.outcome = if resp.is_in_progress() {
+                    "running"
+                } else {
+                    "ok"
+                };
+            } else {
+                out.outcome = "failed";
+                out.error_code = resp.code.clone().unwrap_or_default();
+                out.reason = resp
+                    .sql_state
+                    .clone()
+                    .map(|s| format!("SQLSTATE {s}"))
+                    .unwrap_or_default();
+            }
             self.observe_statement(session.as_ref(), uses, &resp);
             let Some(plan) = plan else {
                 if resp.success && (!resp.rowtype.is_empty() || !resp.chunks.is_empty()) {
+                    out.outcome = "withheld";
+                    out.reason = "no decision known for this query id".into();
                     return withheld(
                         resp.query_id.as_deref(),
                         "Tollgate has no decision for this query (it was issued before a restart or by another session); run it again",
@@ -693,6 +989,8 @@ impl SnowflakeHooks {
                 .map(|s| s.config().ticket_lifetime)
                 .unwrap_or_default();
             if !resp.chunks.is_empty() && self.storage.is_none() {
+                out.outcome = "withheld";
+                out.reason = "chunked result and no storage client".into();
                 return withheld(
                     resp.query_id.as_deref(),
                     "the result is chunked and this Tollgate has no storage client to serve chunks",
@@ -722,6 +1020,27 @@ impl SnowflakeHooks {
                         capped_by = report.capped_by.unwrap_or("-"),
                         "result rewritten"
                     );
+                    out.rows = report.rows.unwrap_or(out.rows);
+                    out.masked = report
+                        .masked
+                        .iter()
+                        .map(|m| MaskedCount {
+                            column: m.column.clone(),
+                            rule_id: m.rule_id.clone(),
+                            method: m.method.clone(),
+                            values: m.values,
+                        })
+                        .collect();
+                    if report.chunks > 0 || report.chunks_dropped > 0 {
+                        out.attrs.insert("chunks".into(), report.chunks.to_string());
+                        out.attrs
+                            .insert("chunks_dropped".into(), report.chunks_dropped.to_string());
+                        out.attrs
+                            .insert("chunk_bytes".into(), report.chunk_bytes.to_string());
+                    }
+                    if let Some(by) = report.capped_by {
+                        out.attrs.insert("capped_by".into(), by.to_owned());
+                    }
                     let mut parts = parts;
                     parts.headers.remove(http::header::CONTENT_ENCODING);
                     parts.headers.remove(http::header::CONTENT_LENGTH);
@@ -730,12 +1049,19 @@ impl SnowflakeHooks {
                 }
                 Err(e) => {
                     warn!(query = query_id.as_deref().unwrap_or("-"), error = %e, "result withheld");
+                    out.outcome = "withheld";
+                    out.reason.clone_from(&e);
                     withheld(query_id.as_deref(), &e)
                 }
             };
         }
-        if let Ok(decoded) = decoded {
-            self.observe(&pending, &decoded.bytes);
+        match decoded {
+            Ok(decoded) => self.observe(pending, &decoded.bytes, out),
+            Err(e) => {
+                if matches!(&**pending, Pending::Login { .. }) {
+                    out.login = Some(Err(("-".into(), format!("login response unreadable: {e}"))));
+                }
+            }
         }
         Response::from_parts(parts, full(raw))
     }
@@ -766,17 +1092,62 @@ impl SnowflakeHooks {
                 "Tollgate has no storage client configured",
             );
         };
-        chunks::serve(ticket, storage).await
+        let done = match &self.audit {
+            None => None,
+            Some(audit) => {
+                if !audit.healthy() {
+                    return chunks::error_reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Tollgate cannot write its audit spool, so it serves no result data (no access without audit); tell the operator of this host",
+                    );
+                }
+                let audit = audit.clone();
+                let mut e = self.event(EventKind::Chunk, conn, Some(&ticket.session));
+                e.query_id.clone_from(&ticket.query_id);
+                e.rows = ticket.rows;
+                e.attrs.insert("chunk".into(), ticket.index.to_string());
+                let masked = ticket.masked.clone();
+                let started = Instant::now();
+                let done: chunks::ChunkDone = Box::new(move |result| {
+                    e.duration_us =
+                        u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    e.ts_us = tollgate_audit::event::now_us();
+                    match result {
+                        Ok(None) => e.decision = "served".into(),
+                        Ok(Some(summary)) => {
+                            e.decision = "served".into();
+                            e.masked = chunk_masked(&masked, &summary);
+                        }
+                        Err(why) => {
+                            e.decision = "failed".into();
+                            e.reason = why;
+                        }
+                    }
+                    audit.record_detached(e);
+                });
+                Some(done)
+            }
+        };
+        chunks::serve(ticket, storage, done).await
     }
 
     /// Updates sessions from a (decoded) response body.
-    fn observe(&self, pending: &Pending, body: &[u8]) {
+    fn observe(&self, pending: &Pending, body: &[u8], out: &mut Outcome) {
         match pending {
             Pending::Login { request, process } => {
-                let Ok(resp) = LoginResponse::parse(body) else {
-                    return;
+                let resp = match LoginResponse::parse(body) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        out.login =
+                            Some(Err(("-".into(), format!("login response unreadable: {e}"))));
+                        return;
+                    }
                 };
                 if !resp.success {
+                    out.login = Some(Err((
+                        resp.code.clone().unwrap_or_default(),
+                        "login failed".into(),
+                    )));
                     return;
                 }
                 let mut identity = request.clone();
@@ -799,6 +1170,7 @@ impl SnowflakeHooks {
                 }
                 let session = self.sessions.create(identity, process.clone(), &tokens);
                 info!(session = %session.id, "snowflake session started");
+                out.login = Some(Ok(session));
             }
             Pending::Renewal { session } => {
                 if let Ok(resp) = TokenResponse::parse(body) {
@@ -876,6 +1248,28 @@ impl SnowflakeHooks {
 }
 
 impl ExchangeHooks for SnowflakeHooks {
+    fn connection_opened<'a>(
+        &'a self,
+        conn: &'a ConnectionContext,
+    ) -> HookFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            // Not gating: the login and every statement on the connection are, and refusing
+            // them gives the agent a clear error instead of a dropped connection.
+            if let Some(audit) = &self.audit {
+                audit.record_detached(crate::audit::connection_opened(conn));
+            }
+            Ok(())
+        })
+    }
+
+    fn connection_closed(&self, record: &crate::record::ConnectionRecord) {
+        if let Some(audit) = &self.audit {
+            for e in crate::audit::connection_closed(record) {
+                audit.record_detached(e);
+            }
+        }
+    }
+
     fn request_filter<'a>(
         &'a self,
         conn: &'a ConnectionContext,
@@ -887,10 +1281,10 @@ impl ExchangeHooks for SnowflakeHooks {
 
     fn response_filter<'a>(
         &'a self,
-        _conn: &'a ConnectionContext,
+        conn: &'a ConnectionContext,
         exchange: &'a mut Exchange,
         response: Response<ProxyBody>,
     ) -> HookFuture<'a, Response<ProxyBody>> {
-        Box::pin(self.on_response(exchange, response))
+        Box::pin(self.on_response(conn, exchange, response))
     }
 }

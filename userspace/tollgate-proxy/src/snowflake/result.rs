@@ -592,6 +592,15 @@ pub fn rewrite(
             .get_mut("chunks")
             .and_then(Value::as_array_mut)
             .ok_or("data.chunks is not an array")?;
+        let masked_cols: Arc<Vec<Option<(String, String, String)>>> = Arc::new(
+            masked_report
+                .iter()
+                .map(|c| {
+                    c.as_ref()
+                        .map(|c| (c.column.clone(), c.rule_id.clone(), c.method.clone()))
+                })
+                .collect(),
+        );
         let mut kept = Vec::new();
         for (i, (entry, url)) in entries.drain(..).zip(urls).enumerate() {
             let Some(keep) = caps.chunk_keep.get(i).copied().flatten() else {
@@ -623,6 +632,8 @@ pub fn rewrite(
                     filter,
                     query_id: query_id.clone(),
                     index: i,
+                    rows: keep,
+                    masked: masked_cols.clone(),
                     expires: Instant::now() + ctx.ticket_lifetime,
                 })
                 .map_err(|e| e.to_string())?;

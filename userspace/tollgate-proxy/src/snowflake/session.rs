@@ -123,6 +123,23 @@ impl std::fmt::Debug for SessionTable {
 /// Upper bound on remembered tokens; the oldest-expiring are evicted beyond it.
 const MAX_TOKENS: usize = 100_000;
 
+/// A random prefix per process run: session ids stay unique across restarts and hosts (they
+/// name audit chains for years).
+fn epoch() -> &'static str {
+    static EPOCH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(|| {
+        let mut b = [0u8; 6];
+        if getrandom::getrandom(&mut b).is_err() {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64;
+            b.copy_from_slice(&t.to_le_bytes()[..6]);
+        }
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    })
+}
+
 impl SessionTable {
     /// Creates a session after a successful login and registers its tokens.
     pub fn create(
@@ -133,7 +150,7 @@ impl SessionTable {
     ) -> Arc<Session> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let session = Arc::new(Session {
-            id: format!("{:x}-{n}", std::process::id()),
+            id: format!("{}-{n}", epoch()),
             process,
             state: Mutex::new(identity),
             created: Instant::now(),

@@ -1,0 +1,490 @@
+//! The audit trail end to end: an unmodified Python agent in a redirected cgroup, Tollgate
+//! intercepting, the stand-in on a test host, a real ClickHouse server (chdb's LocalServer,
+//! `tests/clickhouse/`), and `tollgate replay` / `tollgate audit verify` as an auditor runs them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use tollgate_e2e::clickhouse::ClickHouse;
+use tollgate_e2e::snowflake::{run_python, AgentEnv, Standin, StandinOpts, Statement};
+use tollgate_e2e::{unique_tag, Cgroup, Scratch, TestHost, Tollgate, TollgateOpts};
+
+const WRITER: &str = "tollgate_writer";
+const WRITER_PASSWORD: &str = "writer-secret-1";
+
+struct World {
+    tollgate: Tollgate,
+    clickhouse: ClickHouse,
+    standin: Standin,
+    agents: Cgroup,
+    _top: Cgroup,
+    scratch: Scratch,
+    _host: TestHost,
+}
+
+fn policy() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies/masking.yaml")
+}
+
+/// Tollgate shipping to a fresh ClickHouse as an insert-only writer (migrations as `default`).
+fn world(what: &str, extra: Vec<String>) -> Result<World> {
+    let host = TestHost::create()?;
+    let scratch = Scratch::new(what)?;
+    let standin = Standin::start(&host, &scratch, StandinOpts::default())?;
+    let mut clickhouse = ClickHouse::start(&scratch.join("ch"))?;
+    clickhouse.declare_user(WRITER, WRITER_PASSWORD, &["INSERT ON tollgate.events"])?;
+    let password_file = scratch.join("writer.password");
+    std::fs::write(&password_file, format!("{WRITER_PASSWORD}\n"))?;
+    let config = scratch.join("tollgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 1\naudit:\n  clickhouse:\n    url: {}\n    user: {WRITER}\n    password_file: {}\n    admin_user: default\n    batch_max: 2000\n",
+            clickhouse.http_url(),
+            password_file.display()
+        ),
+    )?;
+    let top = Cgroup::create(&format!("tollgate-e2e-{what}-{}", unique_tag()))?;
+    let agents = top.child("agents")?;
+    let tollgate = Tollgate::start(
+        &scratch,
+        TollgateOpts {
+            cgroups: vec![agents.path.clone()],
+            upstream_roots: Some(standin.ca_pem()),
+            extra: [
+                vec![
+                    "--config".into(),
+                    config.display().to_string(),
+                    "--policy".into(),
+                    policy().display().to_string(),
+                ],
+                standin.tollgate_args(),
+                extra,
+            ]
+            .concat(),
+            ..TollgateOpts::default()
+        },
+    )?;
+    Ok(World {
+        tollgate,
+        clickhouse,
+        standin,
+        agents,
+        _top: top,
+        scratch,
+        _host: host,
+    })
+}
+
+impl World {
+    fn env(&self) -> AgentEnv {
+        let mut env = self.standin.agent_env(&self.scratch);
+        env.ca_roots.push(self.tollgate.ca_cert());
+        env
+    }
+
+    fn spool(&self) -> PathBuf {
+        self.tollgate.state_dir.join("spool")
+    }
+
+    fn tollgate_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(Tollgate::bin());
+        c.args(args);
+        c
+    }
+
+    /// Runs a `tollgate` subcommand; (success, stdout, stderr).
+    fn cli(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        let out = self
+            .tollgate_cmd(args)
+            .output()
+            .with_context(|| format!("running tollgate {args:?}"))?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Rows of `sql` as JSON objects (as `default`).
+    fn rows(&self, sql: &str) -> Result<Vec<Value>> {
+        let text = self
+            .clickhouse
+            .query(&format!("{sql} FORMAT JSONEachRow"))?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).context("a JSONEachRow line"))
+            .collect()
+    }
+
+    fn count(&self, sql: &str) -> Result<u64> {
+        Ok(self.clickhouse.query(sql)?.trim().parse()?)
+    }
+
+    /// Waits until ClickHouse holds as many events as the spool.
+    fn wait_shipped(&self, timeout: Duration) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let spooled = spool_events(&self.spool())?.len() as u64;
+            let shipped = self
+                .count("SELECT count() FROM tollgate.events")
+                .unwrap_or(0);
+            if shipped >= spooled && spooled > 0 {
+                return Ok(shipped);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "ClickHouse has {shipped} events, the spool {spooled}; tollgate log:\n{}",
+                    tail(&self.tollgate.log())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Every event in the spool, parsed (the spool's JSON payloads, frames skipped).
+fn spool_events(dir: &Path) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    names.sort();
+    for p in names {
+        let data = std::fs::read(&p)?;
+        let mut pos = 0usize;
+        while pos + 8 <= data.len() {
+            let len = u32::from_le_bytes(data[pos..pos + 4].try_into()?) as usize;
+            let Some(payload) = data.get(pos + 8..pos + 8 + len) else {
+                break;
+            };
+            out.push(serde_json::from_slice(payload)?);
+            pos += 8 + len;
+        }
+    }
+    Ok(out)
+}
+
+/// Every byte stored about the trail: the spool files and a dump of the ClickHouse table.
+fn stored_bytes(w: &World) -> Result<Vec<u8>> {
+    let mut all = Vec::new();
+    for e in std::fs::read_dir(w.spool())? {
+        let p = e?.path();
+        if p.is_file() {
+            all.extend(std::fs::read(&p)?);
+        }
+    }
+    all.extend(
+        w.clickhouse
+            .query("SELECT * FROM tollgate.events FORMAT JSONEachRow")?
+            .into_bytes(),
+    );
+    Ok(all)
+}
+
+const PATIENTS: &str = "SELECT ID, NAME, SSN, DOB FROM CLINICAL.EHR.PATIENTS ORDER BY ID";
+const BULK: &str = "SELECT ID, NAME, SSN FROM CLINICAL.EHR.PATIENTS_BULK ORDER BY ID";
+const PREDICATE: &str =
+    "SELECT ID FROM CLINICAL.EHR.PATIENTS WHERE NAME = 'Alice Synthetic' AND SSN LIKE '900-00%'";
+
+#[test]
+fn a_session_is_recorded_chained_shipped_replayed_and_tampering_is_detected() -> Result<()> {
+    let w = world("audit", vec![])?;
+    let out = run_python(
+        &w.agents.path,
+        w.env(),
+        &[
+            Statement::sql(PATIENTS),
+            Statement::sql(PREDICATE),
+            Statement::sql(BULK).digest(),
+        ],
+    )?;
+    assert_eq!(out[0]["ok"], true, "{}", out[0]);
+    assert_eq!(out[1]["ok"], false, "{}", out[1]);
+    assert_eq!(out[2]["ok"], true, "{}", out[2]);
+    let qid = out[0]["query_id"].as_str().unwrap_or_default().to_owned();
+    let bulk_qid = out[2]["query_id"].as_str().unwrap_or_default().to_owned();
+
+    // The agent logged out: its session chain is closed, then everything reaches ClickHouse.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.count("SELECT count() FROM tollgate.events WHERE kind = 'session_end'")? == 0 {
+        if Instant::now() > deadline {
+            bail!(
+                "no session_end in ClickHouse; log:\n{}",
+                tail(&w.tollgate.log())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    w.wait_shipped(Duration::from_secs(30))?;
+    assert_eq!(
+        w.count("SELECT count() - uniqExact(event_id) FROM tollgate.events")?,
+        0,
+        "an event arrived twice"
+    );
+
+    let sessions = w.rows(
+        "SELECT DISTINCT session_id FROM tollgate.events WHERE kind = 'login' AND decision = 'ok'",
+    )?;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let sid = sessions[0]["session_id"].as_str().unwrap().to_owned();
+    let events = w.rows(&format!(
+        "SELECT seq, kind, decision, rule_id, sf_user, comm, pid, uid, cgroup, query_id, rows, sql, sql_fingerprint, tables, masked_column, masked_method, masked_values, signature, reason \
+         FROM tollgate.events WHERE session_id = '{sid}' ORDER BY seq"
+    ))?;
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    eprintln!("session {sid}: {kinds:?}");
+    // In order, contiguous, starting with the login and ending with the signed end.
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["seq"].as_u64(), Some(i as u64), "{e}");
+        assert_eq!(e["sf_user"], "agent1", "{e}");
+        assert_eq!(
+            e["comm"].as_str().map(|c| c.starts_with("python")),
+            Some(true),
+            "{e}"
+        );
+        assert!(e["pid"].as_u64().is_some_and(|p| p > 0), "{e}");
+        assert!(
+            e["cgroup"].as_str().is_some_and(|c| c.ends_with("/agents")),
+            "{e}"
+        );
+    }
+    assert_eq!(kinds.first(), Some(&"login"));
+    assert_eq!(kinds.last(), Some(&"session_end"));
+    assert!(!events.last().unwrap()["signature"]
+        .as_str()
+        .unwrap()
+        .is_empty());
+    let expected = [
+        "login", "query", "decision", "result", "query", "decision", "query", "decision", "result",
+    ];
+    assert_eq!(&kinds[..expected.len()], &expected, "{kinds:?}");
+    // Decisions name their rules; the masked read reports its masked columns and counts.
+    assert_eq!(events[2]["decision"], "mask");
+    assert_eq!(events[2]["rule_id"], "analysts-masked");
+    assert_eq!(events[5]["decision"], "deny");
+    assert_eq!(events[3]["query_id"], qid.as_str());
+    assert_eq!(events[3]["rows"], 3);
+    let masked: Vec<(String, String, u64)> = events[3]["masked_column"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(events[3]["masked_method"].as_array().unwrap())
+        .zip(events[3]["masked_values"].as_array().unwrap())
+        .map(|((c, m), v)| {
+            (
+                c.as_str().unwrap().to_owned(),
+                m.as_str().unwrap().to_owned(),
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                    .unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        masked.contains(&("NAME".into(), "redact".into(), 3)),
+        "{masked:?}"
+    );
+    assert!(
+        masked.contains(&("SSN".into(), "partial".into(), 3)),
+        "{masked:?}"
+    );
+    // The SQL is stored with its literals redacted, with a fingerprint.
+    let denied_sql = events[4]["sql"].as_str().unwrap();
+    assert!(
+        denied_sql.contains("NAME = ?") || denied_sql.contains("NAME=?"),
+        "{denied_sql}"
+    );
+    assert!(!events[4]["sql_fingerprint"].as_str().unwrap().is_empty());
+    // The chunked masked read: chunk events whose NAME counts add up to every row.
+    let names_masked = w.count(&format!(
+        "SELECT sum(masked_values[indexOf(masked_column, 'NAME')]) FROM tollgate.events \
+         WHERE session_id = '{sid}' AND query_id = '{bulk_qid}' AND kind IN ('result', 'chunk')"
+    ))?;
+    let chunks = w.count(&format!(
+        "SELECT count() FROM tollgate.events WHERE session_id = '{sid}' AND kind = 'chunk' AND query_id = '{bulk_qid}'"
+    ))?;
+    assert!(chunks >= 10, "{chunks} chunk events");
+    assert_eq!(
+        names_masked, 120_000,
+        "masked NAME values over inline rows and chunks"
+    );
+    // Connection chains: opened and closed, with the process.
+    assert!(
+        w.count(
+            "SELECT count() FROM tollgate.events WHERE kind = 'connection' AND comm LIKE 'python%'"
+        )? >= 1
+    );
+    assert!(w.count("SELECT count() FROM tollgate.events WHERE kind = 'disconnect'")? >= 1);
+    // Analyst views answer.
+    assert!(w.count("SELECT count() FROM tollgate.denied_statements")? >= 1);
+    assert!(w.count("SELECT count() FROM tollgate.masked_values WHERE column = 'SSN'")? >= 1);
+
+    // No literal, token or unmasked value anywhere in the spool or ClickHouse.
+    let stored = stored_bytes(&w)?;
+    for needle in [
+        "Alice Synthetic",
+        "Synthetic",
+        "900-00",
+        "alice.synthetic@example.org",
+        "Bulk Person",
+        WRITER_PASSWORD,
+    ] {
+        assert!(
+            !stored
+                .windows(needle.len())
+                .any(|win| win == needle.as_bytes()),
+            "{needle:?} is stored in the audit trail"
+        );
+    }
+    let ssn = regex::bytes::Regex::new(r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b").unwrap();
+    assert!(ssn.find(&stored).is_none(), "an SSN-shaped value is stored");
+
+    // Replay from ClickHouse and from the spool.
+    let state = w.tollgate.state_dir.display().to_string();
+    let url = w.clickhouse.http_url();
+    let (ok, replay, err) = w.cli(&["replay", &sid, "--clickhouse", &url])?;
+    assert!(ok, "{err}");
+    eprintln!("{replay}");
+    for want in [
+        "user=agent1",
+        "decision=mask rule=analysts-masked",
+        "masked[SSN:partial×3",
+        "session_end",
+        "comm=python",
+    ] {
+        assert!(replay.contains(want), "replay lacks {want:?}:\n{replay}");
+    }
+    let (ok, replay_spool, err) = w.cli(&["replay", &sid, "--state-dir", &state])?;
+    assert!(ok, "{err}");
+    assert_eq!(replay_spool, replay, "spool and ClickHouse replays differ");
+
+    // Verification: intact, from both stores.
+    let (ok, report, err) = w.cli(&["audit", "verify", "--state-dir", &state])?;
+    assert!(ok, "spool verify failed: {report}{err}");
+    assert!(
+        report.contains("OK: the trail is complete and unaltered"),
+        "{report}"
+    );
+    let (ok, report, err) = w.cli(&[
+        "audit",
+        "verify",
+        "--state-dir",
+        &state,
+        "--clickhouse",
+        &url,
+        "--session",
+        &sid,
+    ])?;
+    assert!(ok, "ClickHouse verify failed: {report}{err}");
+
+    // Tampering in ClickHouse, as someone with write access would do it.
+    let verify = |what: &str| -> Result<String> {
+        let (ok, report, _) = w.cli(&[
+            "audit",
+            "verify",
+            "--state-dir",
+            &state,
+            "--clickhouse",
+            &url,
+            "--session",
+            &sid,
+        ])?;
+        assert!(!ok, "{what} not detected:\n{report}");
+        Ok(report)
+    };
+    // An edit: the deny becomes an allow.
+    w.clickhouse.query(&format!(
+        "ALTER TABLE tollgate.events UPDATE decision = 'allow' WHERE session_id = '{sid}' AND seq = 5 SETTINGS mutations_sync = 2"
+    ))?;
+    let report = verify("an edited decision")?;
+    assert!(
+        report.contains(&format!("EDITED   session {sid} seq 5")),
+        "{report}"
+    );
+    // A deletion.
+    w.clickhouse.query(&format!(
+        "ALTER TABLE tollgate.events DELETE WHERE session_id = '{sid}' AND seq = 7 SETTINGS mutations_sync = 2"
+    ))?;
+    let report = verify("a deleted event")?;
+    assert!(
+        report.contains(&format!("MISSING  session {sid} seq 7: event deleted")),
+        "{report}"
+    );
+    // A reorder: events 1 and 2 swap places (re-inserted with each other's positions).
+    w.clickhouse.query(&format!(
+        "INSERT INTO tollgate.events SELECT * REPLACE (3 - seq AS seq) FROM tollgate.events WHERE session_id = '{sid}' AND seq IN (1, 2)"
+    ))?;
+    w.clickhouse.query(&format!(
+        "ALTER TABLE tollgate.events DELETE WHERE session_id = '{sid}' AND seq IN (1, 2) AND kind = if(seq = 1, 'query', 'decision') SETTINGS mutations_sync = 2"
+    ))?;
+    let report = verify("a reorder")?;
+    assert!(report.contains(&format!("session {sid} seq 1")), "{report}");
+    assert!(report.contains(&format!("session {sid} seq 2")), "{report}");
+    // The spool still verifies: the tampering was in ClickHouse only.
+    let (ok, report, err) = w.cli(&["audit", "verify", "--state-dir", &state])?;
+    assert!(ok, "{report}{err}");
+    Ok(())
+}
+
+#[test]
+fn an_unwritable_spool_refuses_queries_and_nothing_reaches_snowflake() -> Result<()> {
+    // A spool on a tiny file system that is then filled: disk full.
+    let tag = unique_tag();
+    let mnt = PathBuf::from(format!("/tmp/tollgate-spool-full-{tag}"));
+    std::fs::create_dir_all(&mnt)?;
+    tollgate_e2e::run(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(&mnt),
+    )?;
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let spool = mnt.join("spool");
+    let w = world(
+        "audit-full",
+        vec!["--spool".into(), spool.display().to_string()],
+    )?;
+    // Fill the file system.
+    let _ = std::fs::write(mnt.join("filler"), vec![0u8; 1 << 20]);
+    let before = w.standin.requests().len();
+    let out = run_python(&w.agents.path, w.env(), &[Statement::sql(PATIENTS)])?;
+    eprintln!("{out:?}");
+    assert_eq!(out[0]["ok"], false, "{}", out[0]);
+    let message = out[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("cannot be audited") && message.contains("No space left"),
+        "{message}"
+    );
+    let reached: Vec<String> = w.standin.requests()[before..]
+        .iter()
+        .filter_map(|r| r["sqlText"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        reached.is_empty(),
+        "statements reached Snowflake unaudited: {reached:?}"
+    );
+    // Space again: access resumes, audited.
+    std::fs::remove_file(mnt.join("filler"))?;
+    let out = run_python(&w.agents.path, w.env(), &[Statement::sql(PATIENTS)])?;
+    assert_eq!(out[0]["ok"], true, "{}", out[0]);
+    assert!(spool_events(&spool)?
+        .iter()
+        .any(|e| e["kind"] == "result" && e["query_id"] == out[0]["query_id"]));
+    Ok(())
+}
