@@ -99,7 +99,7 @@ pub struct Config {
 }
 
 /// `audit:` section.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditSection {
     /// The local spool (append-only, fsync'd; the embedded store). Default `<state_dir>/spool`.
@@ -111,6 +111,22 @@ pub struct AuditSection {
     pub host: Option<String>,
     /// Ship events to ClickHouse (absent: the spool is the store).
     pub clickhouse: Option<ClickHouseSection>,
+    /// `fdatasync` every group commit before the step it records proceeds (default true).
+    /// `false` exists only to measure what fsync costs (`cargo xtask bench --only audit`): an
+    /// acknowledged event may then be lost on power failure.
+    pub fsync: bool,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            spool_dir: None,
+            key_file: None,
+            host: None,
+            clickhouse: None,
+            fsync: true,
+        }
+    }
 }
 
 /// `audit.clickhouse:` section.

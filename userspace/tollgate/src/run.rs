@@ -175,10 +175,12 @@ pub fn run(config: Config) -> Result<()> {
         .with_context(|| format!("preparing the audit signing key {}", key_path.display()))?;
     info!(key = %key_path.display(), key_id = %audit_key.public().key_id(), "audit signing key");
     let spool_dir = config.spool_dir();
-    let (spool, recovery) = tollgate_audit::Spool::open(
-        tollgate_audit::SpoolOptions::new(spool_dir.clone(), audit_host.clone()),
-        audit_key,
-    )
+    let mut spool_opts = tollgate_audit::SpoolOptions::new(spool_dir.clone(), audit_host.clone());
+    spool_opts.sync = config.audit.fsync;
+    if !spool_opts.sync {
+        warn!("audit.fsync is off: acknowledged audit events may be lost on power failure (for benchmarks only)");
+    }
+    let (spool, recovery) = tollgate_audit::Spool::open(spool_opts, audit_key)
     .with_context(|| format!("opening the audit spool {}", spool_dir.display()))?;
     info!(
         spool = %spool_dir.display(),
