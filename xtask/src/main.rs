@@ -7,6 +7,7 @@
 //! - `bench`: the foundation benchmarks; prints figures and writes them to `tests/bench/`.
 
 mod bench;
+mod bench_audit;
 mod bench_masking;
 mod demo;
 mod setup;
@@ -50,7 +51,7 @@ enum Cmd {
         /// Directory for the results.
         #[arg(long, default_value = "tests/bench")]
         out: PathBuf,
-        /// Only this part: `foundation`, `enforcement` or `masking`.
+        /// Only this part: `foundation`, `enforcement`, `masking` or `audit`.
         #[arg(long)]
         only: Option<String>,
     },
@@ -88,6 +89,9 @@ fn main() -> Result<()> {
             }
             if only.as_deref().is_none_or(|o| o == "masking") {
                 bench_masking::masking(&root, &out.join("masking.md"))?;
+            }
+            if only.as_deref().is_none_or(|o| o == "audit") {
+                bench_audit::audit(&out.join("audit.md"))?;
             }
             Ok(())
         }

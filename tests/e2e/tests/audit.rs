@@ -349,6 +349,35 @@ fn a_session_is_recorded_chained_shipped_replayed_and_tampering_is_detected() ->
     let ssn = regex::bytes::Regex::new(r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b").unwrap();
     assert!(ssn.find(&stored).is_none(), "an SSN-shaped value is stored");
 
+    // A rule that records more: full SQL and the first rows the agent received.
+    let mut env = w.env();
+    env.user = "recorded".into();
+    let rec = run_python(
+        &w.agents.path,
+        env,
+        &[Statement::sql(
+            "SELECT ID, LABEL FROM BULK.PUBLIC.EVENTS WHERE ID < 42 ORDER BY ID",
+        )],
+    )?;
+    assert_eq!(rec[0]["ok"], true, "{}", rec[0]);
+    let rec_qid = rec[0]["query_id"].as_str().unwrap_or_default().to_owned();
+    w.wait_shipped(Duration::from_secs(30))?;
+    let q = w.rows(&format!(
+        "SELECT sql, sql_full FROM tollgate.events WHERE kind = 'query' AND sf_user = 'recorded'"
+    ))?;
+    assert!(q[0]["sql"].as_str().unwrap().contains("ID < 42"), "{q:?}");
+    assert_eq!(q[0]["sql_full"], true, "{q:?}");
+    let r = w.rows(&format!(
+        "SELECT result_rows FROM tollgate.events WHERE kind = 'result' AND query_id = '{rec_qid}'"
+    ))?;
+    let rows: Vec<Vec<Option<String>>> =
+        serde_json::from_str(r[0]["result_rows"].as_str().unwrap())?;
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert_eq!(
+        rows[0],
+        vec![Some("0".to_owned()), Some("event-0".to_owned())]
+    );
+
     // Replay from ClickHouse and from the spool.
     let state = w.tollgate.state_dir.display().to_string();
     let url = w.clickhouse.http_url();
@@ -486,5 +515,163 @@ fn an_unwritable_spool_refuses_queries_and_nothing_reaches_snowflake() -> Result
     assert!(spool_events(&spool)?
         .iter()
         .any(|e| e["kind"] == "result" && e["query_id"] == out[0]["query_id"]));
+    Ok(())
+}
+
+/// Distinct event ids in the spool.
+fn spool_ids(dir: &Path) -> Result<std::collections::HashSet<String>> {
+    Ok(spool_events(dir)?
+        .iter()
+        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+        .collect())
+}
+
+#[test]
+fn every_event_arrives_exactly_once_through_clickhouse_and_tollgate_kills() -> Result<()> {
+    let mut w = world("audit-kill", vec![])?;
+    // Keep every delivered copy visible: no background merge may fold duplicates away.
+    let stop_merges = |w: &World| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while w
+            .clickhouse
+            .query("SYSTEM STOP MERGES tollgate.events")
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                bail!(
+                    "the events table never appeared; log:\n{}",
+                    tail(&w.tollgate.log())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    };
+    stop_merges(&w)?;
+    // Four agents side by side, 2,500 statements each.
+    const AGENTS: usize = 4;
+    const QUERIES: usize = 10_000;
+    let mut handles = Vec::new();
+    for a in 0..AGENTS {
+        let statements: Vec<Statement> = (0..QUERIES / AGENTS)
+            .map(|i| {
+                Statement::sql(&format!(
+                    "SELECT ID, LABEL FROM BULK.PUBLIC.EVENTS WHERE ID = {}",
+                    a * QUERIES / AGENTS + i
+                ))
+            })
+            .collect();
+        let mut env = w.env();
+        env.timeout = Duration::from_secs(1500);
+        let agents = w.agents.path.clone();
+        handles.push(std::thread::spawn(move || {
+            run_python(&agents, env, &statements)
+        }));
+    }
+    let shipped = |w: &World| w.count("SELECT count() FROM tollgate.events").unwrap_or(0);
+    let wait_until = |w: &World, n: u64| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while shipped(w) < n {
+            if Instant::now() > deadline {
+                bail!(
+                    "ClickHouse stuck below {n} events; log:\n{}",
+                    tail(&w.tollgate.log())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    };
+    // ClickHouse dies mid-stream and comes back.
+    wait_until(&w, 3_000)?;
+    w.clickhouse.kill();
+    let killed_at = spool_events(&w.spool())?.len();
+    std::thread::sleep(Duration::from_secs(3));
+    w.clickhouse.restart()?;
+    stop_merges(&w)?;
+    eprintln!("ClickHouse killed at {killed_at} spooled events, restarted");
+    // Tollgate is SIGKILLed mid-stream and restarted on the same spool.
+    wait_until(&w, 15_000)?;
+    w.tollgate.kill();
+    eprintln!(
+        "Tollgate killed at {} spooled events",
+        spool_events(&w.spool())?.len()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    w.tollgate.restart()?;
+    let mut out = Vec::new();
+    for h in handles {
+        out.extend(h.join().expect("agent thread")?);
+    }
+    let ok: Vec<&Value> = out.iter().filter(|r| r["ok"] == true).collect();
+    eprintln!("{} of {QUERIES} statements answered", ok.len());
+    assert!(
+        ok.len() > QUERIES / 2,
+        "too few statements got through: {:?}",
+        out.last()
+    );
+
+    // Everything durable reaches ClickHouse once.
+    let spooled = spool_ids(&w.spool())?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while (shipped(&w) as usize) < spooled.len() {
+        if Instant::now() > deadline {
+            bail!("ClickHouse has {} of {} events", shipped(&w), spooled.len());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let spooled = spool_ids(&w.spool())?;
+    let total = w.count("SELECT count() FROM tollgate.events")?;
+    let distinct = w.count("SELECT uniqExact(event_id) FROM tollgate.events")?;
+    eprintln!(
+        "spool {} events, ClickHouse {total} rows, {distinct} distinct",
+        spooled.len()
+    );
+    assert!(
+        spooled.len() >= 3 * QUERIES,
+        "{} events for {QUERIES} queries",
+        spooled.len()
+    );
+    assert_eq!(distinct, total, "duplicates in ClickHouse");
+    assert_eq!(
+        total as usize,
+        spooled.len(),
+        "ClickHouse and the spool differ"
+    );
+    let stored: std::collections::HashSet<String> = w
+        .rows("SELECT toString(event_id) AS id FROM tollgate.events")?
+        .iter()
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        stored == spooled,
+        "event ids differ between ClickHouse and the spool"
+    );
+    // Every answered statement's result is on record.
+    let results: std::collections::HashSet<String> = w
+        .rows("SELECT query_id FROM tollgate.events WHERE kind = 'result'")?
+        .iter()
+        .filter_map(|r| r["query_id"].as_str().map(str::to_owned))
+        .collect();
+    for r in &ok {
+        let q = r["query_id"].as_str().unwrap_or_default();
+        assert!(
+            results.contains(q),
+            "answered query {q} has no result event"
+        );
+    }
+    // And the whole trail verifies, from ClickHouse, with no hole in the host sequence.
+    let state = w.tollgate.state_dir.display().to_string();
+    let url = w.clickhouse.http_url();
+    let (ok, report, err) = w.cli(&[
+        "audit",
+        "verify",
+        "--state-dir",
+        &state,
+        "--clickhouse",
+        &url,
+    ])?;
+    assert!(ok, "{report}{err}");
     Ok(())
 }

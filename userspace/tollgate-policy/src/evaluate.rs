@@ -73,6 +73,15 @@ pub struct EvalInput<'a> {
     pub analysis: Result<&'a Analysis, &'a AnalysisError>,
 }
 
+/// What the audit trail keeps of a statement (from its rule's `audit:` settings).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Recording {
+    /// Keep the SQL text in full (literals included) instead of redacted.
+    pub sql_full: bool,
+    /// Result rows to keep, as the agent received them (0: none).
+    pub result_rows: u64,
+}
+
 /// The outcome for a statement text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
@@ -85,6 +94,9 @@ pub struct Decision {
     pub max_rows: Option<u64>,
     /// Byte cap (uncompressed result size): the smallest of the deciding rules' caps.
     pub max_bytes: Option<u64>,
+    /// What the audit trail keeps: full SQL only when every statement's rule allows it;
+    /// the fewest result rows of the statements' rules.
+    pub record: Recording,
     /// Per statement, in text order.
     pub statements: Vec<StatementDecision>,
 }
@@ -195,6 +207,8 @@ pub struct StatementDecision {
     pub max_rows: Option<u64>,
     /// Its byte cap.
     pub max_bytes: Option<u64>,
+    /// What its rule records.
+    pub record: Recording,
 }
 
 const REASON_UNPARSEABLE: &str =
@@ -250,6 +264,7 @@ impl Policy {
                     rule_id: "default:unparseable_sql".into(),
                     max_rows: None,
                     max_bytes: None,
+                    record: Recording::default(),
                     statements: Vec::new(),
                 }
             }
@@ -296,6 +311,14 @@ impl Policy {
             rule_id: statements[decisive].rule_id.clone(),
             max_rows: statements.iter().filter_map(|s| s.max_rows).min(),
             max_bytes: statements.iter().filter_map(|s| s.max_bytes).min(),
+            record: Recording {
+                sql_full: statements.iter().all(|s| s.record.sql_full),
+                result_rows: statements
+                    .iter()
+                    .map(|s| s.record.result_rows)
+                    .min()
+                    .unwrap_or(0),
+            },
             statements,
         }
     }
@@ -303,6 +326,7 @@ impl Policy {
     fn decide_statement(&self, identity: &Identity, st: &StatementInfo) -> StatementDecision {
         let tables: Vec<&TableName> = st.tables().collect();
         let tags = self.statement_tags(st, &tables);
+        let mut record = Recording::default();
         let (rule_id, action, caps) = if st.unresolved_bindings {
             (
                 "default:unresolved_bindings".to_owned(),
@@ -322,11 +346,14 @@ impl Policy {
                 .map(|&i| &self.rules[i as usize])
                 .find(|rule| rule_matches(rule, identity, st, &tables, &tags))
             {
-                Some(rule) => (
-                    rule.id.clone(),
-                    rule_action(rule),
-                    (rule.max_rows, rule.max_bytes),
-                ),
+                Some(rule) => {
+                    record = rule.record;
+                    (
+                        rule.id.clone(),
+                        rule_action(rule),
+                        (rule.max_rows, rule.max_bytes),
+                    )
+                }
                 None if matches!(st.kind, StatementKind::Other(_)) => (
                     "default:unknown_statement".to_owned(),
                     default_action(self.defaults.unknown_statement, REASON_UNKNOWN),
@@ -349,6 +376,7 @@ impl Policy {
             action,
             max_rows: caps.0,
             max_bytes: caps.1,
+            record,
         }
     }
 

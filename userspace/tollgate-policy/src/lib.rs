@@ -37,7 +37,8 @@ pub use analysis::{
     UseTarget,
 };
 pub use evaluate::{
-    Action, Decision, EvalInput, Fallback, Identity, MaskDirective, MaskPlan, StatementDecision,
+    Action, Decision, EvalInput, Fallback, Identity, MaskDirective, MaskPlan, Recording,
+    StatementDecision,
 };
 pub use lineage::{OutputItem, ProjectionLineage, StatementLineage};
 pub use names::{ColumnRef, NameContext, TableName};

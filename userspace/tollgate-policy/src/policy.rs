@@ -232,6 +232,7 @@ pub(crate) struct Rule {
     pub reason: Option<String>,
     pub max_rows: Option<u64>,
     pub max_bytes: Option<u64>,
+    pub record: crate::evaluate::Recording,
     pub mask: Vec<MaskDirectiveSpec>,
 }
 
@@ -589,6 +590,32 @@ impl Validator<'_> {
             }
             _ => {}
         }
+        if let Some(a) = &spec.audit {
+            let line = at(self, "audit", None);
+            if a.results == crate::schema::ResultRecording::Masked
+                && spec.action == ActionKind::Deny
+            {
+                self.issue(
+                    line,
+                    format!("rules[{i}].audit.results"),
+                    "a deny rule returns no rows to record; remove `results`",
+                );
+            } else if a.max_result_rows.is_some()
+                && a.results != crate::schema::ResultRecording::Masked
+            {
+                self.issue(
+                    line,
+                    format!("rules[{i}].audit.max_result_rows"),
+                    "only used with `results: masked`",
+                );
+            } else if a.max_result_rows.is_some_and(|n| n == 0 || n > 10_000) {
+                self.issue(
+                    line,
+                    format!("rules[{i}].audit.max_result_rows"),
+                    "must be between 1 and 10000",
+                );
+            }
+        }
         match spec.max_bytes {
             Some(ByteSize(0)) => {
                 let line = at(self, "max_bytes", None);
@@ -711,6 +738,17 @@ impl Validator<'_> {
                 reason: spec.reason.clone(),
                 max_rows: spec.max_rows,
                 max_bytes: spec.max_bytes.map(|b| b.0),
+                record: crate::evaluate::Recording {
+                    sql_full: spec
+                        .audit
+                        .as_ref()
+                        .is_some_and(|a| a.sql == crate::schema::SqlRecording::Full),
+                    result_rows: spec
+                        .audit
+                        .as_ref()
+                        .filter(|a| a.results == crate::schema::ResultRecording::Masked)
+                        .map_or(0, |a| a.max_result_rows.unwrap_or(100)),
+                },
                 mask,
             },
             kinds,

@@ -32,6 +32,7 @@
 //!     reason: "…"                 # required for deny / require_approval
 //!     max_rows: 1000
 //!     max_bytes: 64 MiB           # or a number of bytes; units B, KB, MB, GB, KiB, MiB, GiB
+//!     audit: { sql: full, results: masked, max_result_rows: 100 }   # default: redacted, none
 //!     mask:                       # required for mask
 //!       - { tags: [phi.ssn], method: partial, keep_last: 4 }
 //!       - { profile: safe_harbor } # standing alone: the 18 HIPAA Safe Harbor identifiers
@@ -186,6 +187,9 @@ pub struct RuleSpec {
     /// Byte cap for the result, by its uncompressed size (not for `deny`).
     #[serde(default)]
     pub max_bytes: Option<ByteSize>,
+    /// What the audit trail keeps of the statements this rule decides.
+    #[serde(default)]
+    pub audit: Option<AuditSpec>,
     /// Masking directives; required for `mask`, refused otherwise.
     #[serde(default)]
     pub mask: Vec<MaskSpec>,
@@ -412,4 +416,41 @@ mod byte_size_tests {
             assert!(bad.parse::<ByteSize>().is_err(), "{bad} accepted");
         }
     }
+}
+
+/// A rule's `audit:` settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSpec {
+    /// How the statement text is kept.
+    #[serde(default)]
+    pub sql: SqlRecording,
+    /// Whether result rows are kept.
+    #[serde(default)]
+    pub results: ResultRecording,
+    /// Rows kept with `results: masked` (default 100, at most 10,000).
+    #[serde(default)]
+    pub max_result_rows: Option<u64>,
+}
+
+/// How the audit trail keeps statement text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqlRecording {
+    /// Literals replaced by `?` (they can be PHI), plus a fingerprint.
+    #[default]
+    Redacted,
+    /// The text as the agent sent it, literals included.
+    Full,
+}
+
+/// Whether the audit trail keeps result rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResultRecording {
+    /// No values (counts only).
+    #[default]
+    None,
+    /// The first rows the agent received, as it received them (masked), for `tollgate replay`.
+    Masked,
 }

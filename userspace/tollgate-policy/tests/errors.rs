@@ -142,3 +142,24 @@ rules:
     );
     assert!(e.contains("remove max_bytes"), "{e}");
 }
+
+#[test]
+fn audit_settings_are_checked() {
+    let ok = "version: 1
+rules:
+  - id: a
+    action: allow
+    audit: { sql: full, results: masked, max_result_rows: 20 }
+";
+    Policy::compile(ok, "test.yaml").expect("compiles");
+    let e = err("version: 1\nrules:\n  - id: a\n    action: allow\n    audit: { sql: verbatim }\n");
+    assert!(e.contains("unknown variant `verbatim`"), "{e}");
+    let e = err(
+        "version: 1\nrules:\n  - id: a\n    action: deny\n    reason: no\n    audit: { results: masked }\n",
+    );
+    assert!(e.contains("rules[0].audit.results"), "{e}");
+    let e = err(
+        "version: 1\nrules:\n  - id: a\n    action: allow\n    audit: { max_result_rows: 5 }\n",
+    );
+    assert!(e.contains("only used with `results: masked`"), "{e}");
+}

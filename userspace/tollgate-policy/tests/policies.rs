@@ -561,3 +561,29 @@ rules:
     let d = decide(&p, &id, "SELECT * FROM other");
     assert_eq!((d.max_bytes, d.max_rows), (None, None));
 }
+
+#[test]
+fn recording_takes_the_strictest_of_the_deciding_rules() {
+    let p = Policy::compile(
+        "version: 1
+rules:
+  - id: verbose
+    match: { tables: [\"CLINICAL.PUBLIC.DEMO\"] }
+    action: allow
+    audit: { sql: full, results: masked, max_result_rows: 5 }
+  - id: rest
+    action: allow
+",
+        "record.yaml",
+    )
+    .expect("compiles");
+    let id = role("ANALYST");
+    let d = decide(&p, &id, "SELECT * FROM demo");
+    assert!(d.record.sql_full);
+    assert_eq!(d.record.result_rows, 5);
+    let d = decide(&p, &id, "SELECT * FROM demo; SELECT * FROM other");
+    assert!(!d.record.sql_full);
+    assert_eq!(d.record.result_rows, 0);
+    let d = decide(&p, &id, "SELECT * FROM other");
+    assert_eq!(d.record, tollgate_policy::Recording::default());
+}

@@ -181,7 +181,7 @@ pub fn run(config: Config) -> Result<()> {
         warn!("audit.fsync is off: acknowledged audit events may be lost on power failure (for benchmarks only)");
     }
     let (spool, recovery) = tollgate_audit::Spool::open(spool_opts, audit_key)
-    .with_context(|| format!("opening the audit spool {}", spool_dir.display()))?;
+        .with_context(|| format!("opening the audit spool {}", spool_dir.display()))?;
     info!(
         spool = %spool_dir.display(),
         events = recovery.next_host_seq,

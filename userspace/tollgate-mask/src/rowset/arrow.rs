@@ -1156,3 +1156,77 @@ fn has_union(dt: &DataType) -> bool {
         _ => false,
     }
 }
+
+/// The first `limit` rows of an Arrow IPC stream (as Tollgate hands it to the agent: a
+/// stream it wrote itself) as text, each value rendered as the masker renders it (see the
+/// module docs), `None` for NULL. Columns of a type without a text rendering show `<type>`.
+/// For the audit record of what the agent received.
+pub fn arrow_rows_as_text(
+    ipc: &[u8],
+    rowtype: &[serde_json::Value],
+    limit: usize,
+) -> Result<Vec<Vec<Option<String>>>, RowsetError> {
+    let malformed = |problem: String| RowsetError::MalformedIpc {
+        location: "stream".into(),
+        problem,
+    };
+    if ipc.is_empty() || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let batches = guard(|| {
+        arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None)?
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .map_err(malformed)?;
+    let mut rows: Vec<Vec<Option<String>>> = Vec::new();
+    let mut scratch = String::new();
+    for batch in batches {
+        let n = batch.num_rows().min(limit - rows.len());
+        if n == 0 {
+            break;
+        }
+        let mut columns: Vec<Vec<Option<String>>> = Vec::with_capacity(batch.num_columns());
+        for (i, array) in batch.columns().iter().enumerate() {
+            let entry = rowtype.get(i);
+            let t = entry
+                .and_then(|e| e.get("type"))
+                .and_then(serde_json::Value::as_str)
+                .map_or(SfType::Other, SfType::parse);
+            let scale = entry
+                .and_then(|e| e.get("scale"))
+                .and_then(serde_json::Value::as_u64)
+                .map_or_else(|| default_scale(t), |s| s as u32);
+            let sliced = array.slice(0, n);
+            let mut values = Vec::with_capacity(n);
+            match conv_for(t, sliced.data_type(), scale) {
+                Some(conv) => {
+                    let bad = |row: usize, what: &'static str| RowsetError::MalformedIpc {
+                        location: format!("column {i} row {row}"),
+                        problem: what.into(),
+                    };
+                    for_each_text(&*sliced, conv, &mut scratch, &bad, &mut |v| {
+                        values.push(v.map(str::to_owned));
+                        Ok(())
+                    })?;
+                }
+                None => {
+                    let label = format!("<{}>", sliced.data_type());
+                    values.extend((0..n).map(|r| (!sliced.is_null(r)).then(|| label.clone())));
+                }
+            }
+            columns.push(values);
+        }
+        for r in 0..n {
+            rows.push(
+                columns
+                    .iter()
+                    .map(|c| c.get(r).cloned().flatten())
+                    .collect(),
+            );
+        }
+        if rows.len() >= limit {
+            break;
+        }
+    }
+    Ok(rows)
+}

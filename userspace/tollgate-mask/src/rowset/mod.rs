@@ -45,7 +45,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-pub use self::arrow::ArrowChunkMasker;
+pub use self::arrow::{arrow_rows_as_text, ArrowChunkMasker};
 pub use self::error::RowsetError;
 pub use self::json::JsonChunkMasker;
 use self::plan::Plan;

@@ -173,6 +173,20 @@ struct Outcome {
     attrs: std::collections::BTreeMap<String, String>,
     /// Login: the session created, or the failure (code, message).
     login: Option<Result<Arc<Session>, (String, String)>>,
+    /// The rows the agent received, when the rule records them (JSON).
+    result_rows: String,
+}
+
+/// Keeps the agent's rows in the outcome (a failure to read them is noted, never fatal: the
+/// rows were already checked or rewritten).
+fn record_rows(out: &mut Outcome, resp: &QueryResponse, limit: u64) {
+    match result::recorded_rows(resp, limit) {
+        Ok(rows) => out.result_rows = rows,
+        Err(e) => {
+            out.attrs
+                .insert("result_rows_error".into(), e.chars().take(200).collect());
+        }
+    }
 }
 
 /// Why a request was answered by Tollgate itself.
@@ -421,7 +435,12 @@ impl SnowflakeHooks {
                 Err(_) => "unparseable".into(),
             };
             let mut q = self.event(EventKind::Query, conn, session.map(|s| s.as_ref()));
-            q.sql = tollgate_policy::redact_literals(sql);
+            if decision.record.sql_full {
+                sql.clone_into(&mut q.sql);
+                q.sql_full = true;
+            } else {
+                q.sql = tollgate_policy::redact_literals(sql);
+            }
             q.sql_fingerprint.clone_from(&fp);
             q.statement_kind.clone_from(&kind_names);
             q.tables.clone_from(&tables);
@@ -464,6 +483,7 @@ impl SnowflakeHooks {
             mask: mask.cloned(),
             max_rows: decision.max_rows,
             max_bytes: decision.max_bytes,
+            record_rows: decision.record.result_rows,
             policy: policy.clone(),
         };
         let outcome = match &decision.action {
@@ -832,6 +852,7 @@ impl SnowflakeHooks {
                 e.error_code = out.error_code;
                 e.reason = out.reason;
                 e.attrs = out.attrs;
+                e.result_rows = out.result_rows;
                 e.duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 vec![e]
             }
@@ -981,6 +1002,9 @@ impl SnowflakeHooks {
                 s.remember_result_plan(q, plan.clone());
             }
             if !result::needs_rewrite(plan, &resp) {
+                if plan.record_rows > 0 && resp.success {
+                    record_rows(out, &resp, plan.record_rows);
+                }
                 return Response::from_parts(parts, full(raw));
             }
             let lifetime = self
@@ -1040,6 +1064,9 @@ impl SnowflakeHooks {
                     }
                     if let Some(by) = report.capped_by {
                         out.attrs.insert("capped_by".into(), by.to_owned());
+                    }
+                    if plan.record_rows > 0 {
+                        record_rows(out, &resp, plan.record_rows);
                     }
                     let mut parts = parts;
                     parts.headers.remove(http::header::CONTENT_ENCODING);
