@@ -12,7 +12,10 @@
 //!    results by column lineage (inline Arrow and JSON rows, and every result chunk: chunk URLs
 //!    point at Tollgate, which fetches the chunk from storage, masks it and streams it back),
 //!    caps rows and bytes (`max_rows`, `max_bytes`), and writes a record per connection.
-//! 4. Fail closed: Tollgate is SIGKILLed and the agent's next connection is refused (never
+//! 4. Every step is an audit event, spooled (fsync) before it proceeds, hash-chained per
+//!    session and shipped to a real ClickHouse; `tollgate replay` and `tollgate audit verify`
+//!    show a session and catch an edit made in ClickHouse.
+//! 5. Fail closed: Tollgate is SIGKILLed and the agent's next connection is refused (never
 //!    direct); a restart resumes interception with no duplicate links.
 
 use std::path::Path;
@@ -74,8 +77,12 @@ pub fn demo(root: &Path) -> Result<()> {
         standin.opts.storage_host
     );
 
+    step("ClickHouse starts on loopback: the audit trail's store for analysts");
+    let clickhouse = tollgate_e2e::clickhouse::ClickHouse::start(&scratch.join("ch"))?;
+    println!("   ClickHouse {} (HTTP)", clickhouse.http_url());
+
     step(
-        "Tollgate starts: eBPF redirect on the agents cgroup, TLS interception, policies/demo.yaml",
+        "Tollgate starts: eBPF redirect on the agents cgroup, TLS interception, policies/demo.yaml, audit spool + ClickHouse",
     );
     let top = Cgroup::create(&format!("tollgate-demo-{}", std::process::id()))?;
     let agents = top.child("agents")?;
@@ -86,7 +93,12 @@ pub fn demo(root: &Path) -> Result<()> {
             cgroups: vec![agents.path.clone()],
             upstream_roots: Some(standin.ca_pem()),
             extra: [
-                vec!["--policy".into(), policy.display().to_string()],
+                vec![
+                    "--policy".into(),
+                    policy.display().to_string(),
+                    "--clickhouse".into(),
+                    clickhouse.http_url(),
+                ],
                 standin.tollgate_args(),
             ]
             .concat(),
@@ -177,6 +189,73 @@ pub fn demo(root: &Path) -> Result<()> {
             .collect::<Vec<_>>(),
     )?;
     show(&out, &node_sqls);
+
+    step("Audit trail: every step spooled (fsync) before it proceeded, hash-chained, shipped to ClickHouse");
+    let state = tollgate.state_dir.display().to_string();
+    let url = clickhouse.http_url();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let session = loop {
+        let s = clickhouse.query(
+            "SELECT session_id FROM tollgate.events WHERE kind = 'session_end' AND sf_user = 'agent1' ORDER BY ts LIMIT 1",
+        )?;
+        if !s.trim().is_empty() {
+            break s.trim().to_owned();
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the Python agent's session never reached ClickHouse; tollgate log:\n{}",
+                tollgate.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    println!("   $ tollgate replay {session} --clickhouse {url}");
+    let mut replay = tollgate.cli();
+    replay.args(["replay", &session, "--clickhouse", &url]);
+    for line in tollgate_e2e::run(&mut replay)?.lines().take(24) {
+        println!("   {line}");
+    }
+    println!("   $ tollgate audit verify --session {session} --clickhouse {url}");
+    let mut verify = tollgate.cli();
+    verify.args([
+        "audit",
+        "verify",
+        "--state-dir",
+        &state,
+        "--clickhouse",
+        &url,
+        "--session",
+        &session,
+    ]);
+    for line in tollgate_e2e::run(&mut verify)?.lines() {
+        println!("   {line}");
+    }
+    println!("   analysts' view tollgate.masked_values (values masked per column and method):");
+    for line in clickhouse
+        .query("SELECT column, method, sum(values) FROM tollgate.masked_values GROUP BY column, method ORDER BY column")?
+        .lines()
+    {
+        println!("      {line}");
+    }
+    println!("   analysts' view tollgate.denied_statements:");
+    for line in clickhouse
+        .query("SELECT rule_id, sql FROM tollgate.denied_statements ORDER BY ts")?
+        .lines()
+    {
+        println!("      {line}");
+    }
+    println!("   tampering: a denied decision edited to 'allow' in ClickHouse …");
+    clickhouse.query(&format!(
+        "ALTER TABLE tollgate.events UPDATE decision = 'allow' WHERE session_id = '{session}' AND kind = 'decision' AND decision = 'deny' SETTINGS mutations_sync = 2"
+    ))?;
+    let out = verify.output()?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("   {line}");
+    }
+    if out.status.success() {
+        bail!("tampering went unnoticed");
+    }
 
     step("Connection records (one JSON line per connection; chunk downloads served by Tollgate)");
     std::thread::sleep(Duration::from_millis(300));
