@@ -46,7 +46,7 @@ const BATCHES: [usize; 3] = [1000, 5000, 20_000];
 /// Point queries per agent run, the first `WARMUP` not counted, `ROUNDS` runs per mode.
 const QUERIES: usize = 300;
 const WARMUP: usize = 20;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const POINT_QUERY: &str = "SELECT ID, NAME FROM CLINICAL.EHR.PATIENTS WHERE ID = 1";
 
 /// Iterations of the library-level append benchmark (per `sync` setting).
@@ -221,6 +221,8 @@ struct ShipRun {
     raw_secs: f64,
     ship_secs: f64,
     batches: u64,
+    /// Mean time of `spool::read_from` for one batch (what the shipper does before each).
+    read_secs: f64,
 }
 
 struct Shipping {
@@ -272,6 +274,17 @@ fn shipping(rt: &tokio::runtime::Runtime) -> Result<Shipping> {
     let mut runs = Vec::new();
     let mut ch_bytes_per_1000 = f64::NAN;
     for batch_max in BATCHES {
+        // What one batch costs to read from the spool, at four places in it.
+        let t = Instant::now();
+        for k in 0..4 {
+            let got = tollgate_audit::spool::read_from(&spool_dir, (k * n / 4) as u64, batch_max)?;
+            ensure!(
+                got.len() == batch_max,
+                "read_from returned {} events",
+                got.len()
+            );
+        }
+        let read_secs = t.elapsed().as_secs_f64() / 4.0;
         // Baseline: the same rows straight into ClickHouse, batches of the same size.
         let raw_db = format!("bench_raw_{batch_max}");
         let mut cfg = ClickHouseConfig::new(ch.http_url());
@@ -361,6 +374,7 @@ fn shipping(rt: &tokio::runtime::Runtime) -> Result<Shipping> {
             raw_secs,
             ship_secs,
             batches,
+            read_secs,
         });
     }
     drop(spool);

@@ -80,6 +80,8 @@ pub struct ChunkTicket {
     pub index: usize,
     /// Rows the result announced for it (after caps).
     pub rows: u64,
+    /// Its uncompressed size as the server announced it (before caps).
+    pub bytes: u64,
     /// Per result column: (name, rule, method) when masked, for the audit record.
     pub masked: Arc<Vec<Option<(String, String, String)>>>,
     /// After this the ticket is refused.

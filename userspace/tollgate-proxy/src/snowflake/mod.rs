@@ -453,6 +453,8 @@ impl SnowflakeHooks {
             d.statement_kind = kind_names;
             d.tables = tables;
             d.sql_fingerprint.clone_from(&fp);
+            d.sql.clone_from(&q.sql);
+            d.sql_full = q.sql_full;
             match &decision.action {
                 Action::Deny { reason } | Action::RequireApproval { reason } => {
                     d.reason.clone_from(reason);
@@ -1132,6 +1134,7 @@ impl SnowflakeHooks {
                 let mut e = self.event(EventKind::Chunk, conn, Some(&ticket.session));
                 e.query_id.clone_from(&ticket.query_id);
                 e.rows = ticket.rows;
+                e.bytes = ticket.bytes;
                 e.attrs.insert("chunk".into(), ticket.index.to_string());
                 let masked = ticket.masked.clone();
                 let started = Instant::now();

@@ -635,6 +635,7 @@ pub fn rewrite(
                     query_id: query_id.clone(),
                     index: i,
                     rows: keep,
+                    bytes: sizes.get(i).copied().unwrap_or(0),
                     masked: masked_cols.clone(),
                     expires: Instant::now() + ctx.ticket_lifetime,
                 })
