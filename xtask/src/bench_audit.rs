@@ -110,6 +110,7 @@ pub fn audit(out: &Path) -> Result<()> {
         .build()?;
 
     let started = Instant::now();
+    let load_before = loadavg();
     let ship = shipping(&rt)?;
     eprintln!("bench: audit: shipping done ({:.0?})", started.elapsed());
     let append = append_latency(&rt)?;
@@ -120,7 +121,7 @@ pub fn audit(out: &Path) -> Result<()> {
     let e2e = end_to_end()?;
     eprintln!("bench: audit: end to end done ({:.0?})", started.elapsed());
 
-    let md = report(&ship, &append, &e2e, started.elapsed())?;
+    let md = report(&ship, &append, &e2e, started.elapsed(), &load_before)?;
     println!("{md}");
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
@@ -631,17 +632,34 @@ fn machine() -> String {
     )
 }
 
-fn report(s: &Shipping, ap: &Append, e: &EndToEnd, took: Duration) -> Result<String> {
+/// `/proc/loadavg`'s first three fields.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn report(
+    s: &Shipping,
+    ap: &Append,
+    e: &EndToEnd,
+    took: Duration,
+    load_before: &str,
+) -> Result<String> {
     let mb = |b: f64| b / 1e6;
     let mut md = String::new();
     writeln!(md, "# Audit trail benchmarks\n")?;
     writeln!(
         md,
-        "`cargo xtask bench --only audit` (release build), {} on this machine: {}; spool and state directories on `{}`. Whole run {:.0} s. Baselines in the same run.\n",
+        "`cargo xtask bench --only audit` (release build), {} on this machine: {}; spool and state directories on `{}`. Whole run {:.0} s; load average {load_before} before it, {} after (the machine is shared with builds: compare tails with care). Baselines in the same run.\n",
         chrono_now(),
         machine(),
         ap.fs,
-        took.as_secs_f64()
+        took.as_secs_f64(),
+        loadavg()
     )?;
 
     writeln!(md, "## 1. Shipping the spool to ClickHouse\n")?;
@@ -657,18 +675,18 @@ fn report(s: &Shipping, ap: &Append, e: &EndToEnd, took: Duration) -> Result<Str
     )?;
     writeln!(
         md,
-        "Baseline: the same rows (read from the spool beforehand, not timed) inserted with the `clickhouse` client directly, one INSERT per batch of the same size, no deduplication token, no cursor. Shipper: `Shipper::run` from an empty cursor to the last event acknowledged. MB/s counts spool bytes (the JSON frames) moved.\n"
+        "Baseline: the same rows (read from the spool beforehand, not timed) inserted with the `clickhouse` client directly, one INSERT per batch of the same size, no deduplication token, no cursor. Shipper: `Shipper::run` from an empty cursor to the last event acknowledged (a backlog drained, as after an outage), into a fresh database per run. MB/s counts spool bytes (the JSON frames) moved. Spool read per batch: the mean time of `spool::read_from(dir, from, batch_max)` at four places in the spool, which the shipper calls before every batch.\n"
     )?;
     writeln!(
         md,
-        "| batch_max | raw insert | raw MB/s | shipper | shipper MB/s | batches | shipper / raw (time) |"
+        "| batch_max | raw insert | raw MB/s | shipper | shipper MB/s | shipper / raw (time) | batches | spool read per batch | × batches |"
     )?;
-    writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for r in &s.runs {
         let n = s.events as f64;
         writeln!(
             md,
-            "| {} | {:.0} events/s ({:.2} s) | {:.1} | {:.0} events/s ({:.2} s) | {:.1} | {} | {:.2}× |",
+            "| {} | {:.0} events/s ({:.2} s) | {:.1} | {:.0} events/s ({:.2} s) | {:.1} | {:.2}× | {} | {:.0} ms | {:.1} s |",
             r.batch_max,
             n / r.raw_secs,
             r.raw_secs,
@@ -676,8 +694,10 @@ fn report(s: &Shipping, ap: &Append, e: &EndToEnd, took: Duration) -> Result<Str
             n / r.ship_secs,
             r.ship_secs,
             mb(s.spool_bytes as f64) / r.ship_secs,
+            r.ship_secs / r.raw_secs,
             r.batches,
-            r.ship_secs / r.raw_secs
+            r.read_secs * 1e3,
+            r.read_secs * r.batches as f64
         )?;
     }
     writeln!(md)?;
@@ -797,34 +817,53 @@ fn report(s: &Shipping, ap: &Append, e: &EndToEnd, took: Duration) -> Result<Str
     )?;
     writeln!(md)?;
 
-    let best = s
+    let per_query = total_b as f64 / e.queries_b as f64;
+    let default = s
         .runs
         .iter()
-        .map(|r| s.events as f64 / r.ship_secs)
-        .fold(0.0, f64::max);
+        .find(|r| r.batch_max == 5000)
+        .context("no batch_max 5000 run")?;
+    let ship_rate = |r: &ShipRun| s.events as f64 / r.ship_secs;
+    let rates: Vec<String> = s
+        .runs
+        .iter()
+        .map(|r| format!("{}: {:.0}/s", r.batch_max, ship_rate(r)))
+        .collect();
+    let lib_fsync = ap.sync[2].p50 - ap.nosync[2].p50;
+    let growth_kib = e.growth_b as f64 / e.queries_b as f64 * 1000.0 / 1024.0;
     writeln!(md, "## What it means\n")?;
     writeln!(
         md,
-        "Shipping: the shipper drained {} events at up to {:.0} events/s on this 2-core machine, against {:.0}–{:.0} events/s for bare inserts of the same rows; the difference is the shipper's own work per batch (reading and parsing the spool segment, the fsync'd cursor written before and after each batch, the deduplication token). A Tollgate host records about {:.1} events per query, so the shipper keeps up with {:.0} queries/s per host at that rate. \
-         Latency: the fsync on the request path costs {:.0} µs per query at p50 ({:.3}× of the fsync-off latency), against a direct query of {:.0} µs; with the real driver the audit trail's fsync is {:.1}% of a point query. The library figures show the same cost without the network: two `fdatasync`s per query on this disk. \
-         Storage: the spool grows by {:.0} KiB per 1,000 queries end to end ({:.1} KiB per 1,000 synthetic queries with longer SQL and masked columns); ClickHouse keeps the same events in {:.0}% of the spool's bytes.",
-        s.events,
-        best,
-        s.runs
-            .iter()
-            .map(|r| s.events as f64 / r.raw_secs)
-            .fold(f64::INFINITY, f64::min),
-        s.runs
-            .iter()
-            .map(|r| s.events as f64 / r.raw_secs)
-            .fold(0.0, f64::max),
-        total_b as f64 / e.queries_b as f64,
-        best / (total_b as f64 / e.queries_b as f64),
+        "**Shipping.** With the default batch_max (5,000) the shipper drains a backlog at {:.0} events/s ({:.1} MB/s of spool), {:.1}× the time bare inserts of the same rows take ({:.0} events/s). Reading the spool accounts for {:.0}% of that difference: `spool::read_from` parses the whole segment holding the batch's first event (segments run to 64 MiB), about {:.0} ms per batch here whatever batch_max is, so the shipper's rate follows the number of batches ({}) rather than ClickHouse. At {:.2} events per query the default setting drains about {:.0} queries/s worth of audit trail per host on this machine; the same per-batch read applies in steady state, growing with the current segment.\n",
+        ship_rate(default),
+        mb(s.spool_bytes as f64) / default.ship_secs,
+        default.ship_secs / default.raw_secs,
+        s.events as f64 / default.raw_secs,
+        default.read_secs * default.batches as f64
+            / (default.ship_secs - default.raw_secs).max(f64::MIN_POSITIVE)
+            * 100.0,
+        default.read_secs * 1e3,
+        rates.join(", "),
+        per_query,
+        ship_rate(default) / per_query
+    )?;
+    writeln!(
+        md,
+        "**Latency.** Each query waits for two group commits (query + decision before the statement goes upstream, result before the answer goes back). End to end the fsync costs {:.0} µs per query at p50 ((b) − (c); (b)/(c) = {:.3}×), against {:.0} µs for the library's two appends with and without `fdatasync` at p50; Tollgate with its audit trail adds {:.0} µs at p50 to a direct query of {:.0} µs ((b)/(a) = {:.3}×). Measured against the direct query's p50, the fsync is {:.1}% of a point query here.\n",
         e.fsync.p50 - e.nofsync.p50,
         e.fsync.p50 / e.nofsync.p50,
+        lib_fsync,
+        e.fsync.p50 - e.direct.p50,
         e.direct.p50,
-        (e.fsync.p50 - e.nofsync.p50) / e.direct.p50 * 100.0,
-        e.growth_b as f64 / e.queries_b as f64 * 1000.0 / 1024.0,
+        e.fsync.p50 / e.direct.p50,
+        (e.fsync.p50 - e.nofsync.p50) / e.direct.p50 * 100.0
+    )?;
+    writeln!(
+        md,
+        "**Storage.** The spool grows by {:.0} KiB per 1,000 queries end to end ({:.0} bytes per event, frames and heads files included), about {:.1} GB per million queries; the synthetic events, with longer SQL and masked columns, take {:.0} KiB per 1,000 queries. ClickHouse stores the same events in {:.0}% of the spool's bytes (compressed columns).",
+        growth_kib,
+        e.growth_b as f64 / total_b.max(1) as f64,
+        e.growth_b as f64 / e.queries_b as f64 * 1e6 / 1e9,
         s.spool_bytes as f64 / (s.events / 3) as f64 * 1000.0 / 1024.0,
         s.ch_bytes_per_1000 / (s.spool_bytes as f64 / s.events as f64 * 1000.0) * 100.0
     )?;

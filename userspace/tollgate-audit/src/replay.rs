@@ -36,6 +36,7 @@ pub fn event_line(e: &Event, start_us: i64) -> String {
             }
         }
         EventKind::Login => {
+            field(&mut out, "outcome", &e.decision);
             field(&mut out, "user", &e.sf_user);
             field(&mut out, "role", &e.sf_role);
             field(&mut out, "account", &e.sf_account);
