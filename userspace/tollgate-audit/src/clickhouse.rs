@@ -645,6 +645,8 @@ pub struct Shipper {
     spool_dir: PathBuf,
     durable: watch::Receiver<u64>,
     stats: Arc<ShipStats>,
+    /// Where the last read stopped (so a batch does not rescan its segment).
+    pos: Mutex<Option<spool::ReadPos>>,
 }
 
 impl Shipper {
@@ -656,6 +658,7 @@ impl Shipper {
             spool_dir,
             durable,
             stats: Arc::new(ShipStats::default()),
+            pos: Mutex::new(None),
         }
     }
 
@@ -796,8 +799,20 @@ impl Shipper {
                     return Ok(false);
                 }
                 let n = ((durable - cursor.next) as usize).min(self.cfg.batch_max);
-                let events = spool::read_from(&self.spool_dir, cursor.next, n)
+                let hint = self
+                    .pos
+                    .lock()
+                    .expect("pos lock")
+                    .clone()
+                    .filter(|p| p.next == cursor.next)
+                    .unwrap_or(spool::ReadPos {
+                        next: cursor.next,
+                        segment: u64::MAX,
+                        offset: 0,
+                    });
+                let (events, after) = spool::read_at(&self.spool_dir, &hint, n)
                     .map_err(|e| ShipError::Spool(e.to_string()))?;
+                *self.pos.lock().expect("pos lock") = Some(after);
                 if events.is_empty() {
                     return Ok(false);
                 }

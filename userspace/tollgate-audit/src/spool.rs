@@ -218,6 +218,75 @@ pub fn read_segment(path: &Path, offset: u64) -> io::Result<SegmentScan> {
     Ok((events, offset + pos as u64, damaged || pos < data.len()))
 }
 
+/// Where a sequential reader stopped: the next host sequence, and the segment and byte offset
+/// it starts at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadPos {
+    /// Host sequence of the next event.
+    pub next: u64,
+    /// Its segment's first host sequence.
+    pub segment: u64,
+    /// Its byte offset in that segment.
+    pub offset: u64,
+}
+
+/// Reads up to `limit` events from `pos` without rescanning what is before it; returns them
+/// and the position after the last. Falls back to [`read_from`] semantics when the segment is
+/// gone.
+pub fn read_at(
+    dir: &Path,
+    pos: &ReadPos,
+    limit: usize,
+) -> Result<(Vec<Event>, ReadPos), SpoolError> {
+    let rerr = |e: io::Error| SpoolError::Read {
+        dir: dir.to_path_buf(),
+        cause: e.to_string(),
+    };
+    let segs = segments(dir).map_err(rerr)?;
+    let mut out = Vec::new();
+    let mut at = pos.clone();
+    let Some(first) = segs.iter().position(|(s, _)| *s == pos.segment) else {
+        let events = read_from(dir, pos.next, limit)?;
+        let next = events.last().map_or(pos.next, |e| e.host_seq + 1);
+        // No byte position known: the next call rescans from the segment holding `next`.
+        let segment = segs
+            .iter()
+            .rev()
+            .find(|(s, _)| *s <= next)
+            .map_or(0, |(s, _)| *s);
+        return Ok((
+            events,
+            ReadPos {
+                next,
+                segment,
+                offset: 0,
+            },
+        ));
+    };
+    for (start, path) in &segs[first..] {
+        let offset = if *start == pos.segment { pos.offset } else { 0 };
+        let (events, end, _) = read_segment(path, offset).map_err(rerr)?;
+        at.segment = *start;
+        at.offset = offset;
+        for (off, e) in events {
+            if e.host_seq < at.next {
+                continue;
+            }
+            if out.len() >= limit {
+                at.offset = off;
+                return Ok((out, at));
+            }
+            at.next = e.host_seq + 1;
+            out.push(e);
+        }
+        at.offset = end;
+        if out.len() >= limit {
+            return Ok((out, at));
+        }
+    }
+    Ok((out, at))
+}
+
 /// Reads every event with `host_seq >= from`, in order, at most `limit`.
 pub fn read_from(dir: &Path, from: u64, limit: usize) -> Result<Vec<Event>, SpoolError> {
     let rerr = |e: io::Error| SpoolError::Read {
@@ -734,5 +803,21 @@ mod tests {
             assert_eq!(w[1].prev_hash, w[0].hash);
         }
         assert_eq!(read_from(dir.path(), 30, 5).unwrap()[0].host_seq, 30);
+        // Sequential reads by position see every event once, in order, across segments.
+        let mut pos = ReadPos {
+            next: 0,
+            segment: 0,
+            offset: 0,
+        };
+        let mut seen = Vec::new();
+        loop {
+            let (events, next) = read_at(dir.path(), &pos, 7).unwrap();
+            if events.is_empty() {
+                break;
+            }
+            seen.extend(events.iter().map(|e| e.host_seq));
+            pos = next;
+        }
+        assert_eq!(seen, (0..43).collect::<Vec<u64>>());
     }
 }
