@@ -362,9 +362,9 @@ fn a_session_is_recorded_chained_shipped_replayed_and_tampering_is_detected() ->
     assert_eq!(rec[0]["ok"], true, "{}", rec[0]);
     let rec_qid = rec[0]["query_id"].as_str().unwrap_or_default().to_owned();
     w.wait_shipped(Duration::from_secs(30))?;
-    let q = w.rows(&format!(
-        "SELECT sql, sql_full FROM tollgate.events WHERE kind = 'query' AND sf_user = 'recorded'"
-    ))?;
+    let q = w.rows(
+        "SELECT sql, sql_full FROM tollgate.events WHERE kind = 'query' AND sf_user = 'recorded'",
+    )?;
     assert!(q[0]["sql"].as_str().unwrap().contains("ID < 42"), "{q:?}");
     assert_eq!(q[0]["sql_full"], true, "{q:?}");
     let r = w.rows(&format!(

@@ -264,27 +264,62 @@ pub fn read_at(
         ));
     };
     for (start, path) in &segs[first..] {
-        let offset = if *start == pos.segment { pos.offset } else { 0 };
-        let (events, end, _) = read_segment(path, offset).map_err(rerr)?;
+        let mut offset = if *start == pos.segment { pos.offset } else { 0 };
         at.segment = *start;
+        loop {
+            let want = (limit - out.len() + 1).clamp(1, 4096);
+            let (events, end) = read_frames(path, offset, want).map_err(rerr)?;
+            if events.is_empty() {
+                break;
+            }
+            for (off, e) in events {
+                if e.host_seq < at.next {
+                    continue;
+                }
+                if out.len() >= limit {
+                    at.offset = off;
+                    return Ok((out, at));
+                }
+                at.next = e.host_seq + 1;
+                out.push(e);
+            }
+            offset = end;
+        }
         at.offset = offset;
-        for (off, e) in events {
-            if e.host_seq < at.next {
-                continue;
-            }
-            if out.len() >= limit {
-                at.offset = off;
-                return Ok((out, at));
-            }
-            at.next = e.host_seq + 1;
-            out.push(e);
-        }
-        at.offset = end;
-        if out.len() >= limit {
-            return Ok((out, at));
-        }
     }
     Ok((out, at))
+}
+
+/// Reads at most `max` frames of a segment from `offset`, frame by frame (nothing after them
+/// is read): the events with their offsets, and the offset after the last one read. A torn or
+/// damaged frame ends the read there.
+fn read_frames(path: &Path, offset: u64, max: usize) -> io::Result<(Vec<(u64, Event)>, u64)> {
+    let mut f = io::BufReader::with_capacity(256 << 10, File::open(path)?);
+    f.seek(SeekFrom::Start(offset))?;
+    let mut at = offset;
+    let mut events = Vec::new();
+    let mut header = [0u8; 8];
+    let mut payload = Vec::new();
+    while events.len() < max {
+        if f.read_exact(&mut header).is_err() {
+            break;
+        }
+        let len = u32::from_le_bytes(header[..4].try_into().unwrap_or_default()) as usize;
+        let crc = u32::from_le_bytes(header[4..].try_into().unwrap_or_default());
+        if len > MAX_EVENT_BYTES {
+            break;
+        }
+        payload.resize(len, 0);
+        if f.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
+            break;
+        }
+        let Ok(e) = serde_json::from_slice::<Event>(&payload) else {
+            break;
+        };
+        events.push((at, e));
+        at += 8 + len as u64;
+    }
+    Ok((events, at))
 }
 
 /// Reads every event with `host_seq >= from`, in order, at most `limit`.
@@ -819,5 +854,33 @@ mod tests {
             pos = next;
         }
         assert_eq!(seen, (0..43).collect::<Vec<u64>>());
+        // From a position without a byte offset (a restart): no event skipped or repeated.
+        let mut pos = ReadPos {
+            next: 30,
+            segment: u64::MAX,
+            offset: 0,
+        };
+        let mut seen = Vec::new();
+        loop {
+            let (events, next) = read_at(dir.path(), &pos, 3).unwrap();
+            if events.is_empty() {
+                break;
+            }
+            seen.extend(events.iter().map(|e| e.host_seq));
+            pos = next;
+        }
+        assert_eq!(seen, (30..43).collect::<Vec<u64>>());
+        let mut pos = ReadPos {
+            next: 1,
+            segment: 0,
+            offset: 0,
+        };
+        let (events, _) = read_at(dir.path(), &pos, 2).unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.host_seq).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        pos.next = 0;
+        assert_eq!(read_at(dir.path(), &pos, 1).unwrap().0[0].host_seq, 0);
     }
 }

@@ -675,6 +675,57 @@ pub fn rewrite(
     Ok(report)
 }
 
+/// The first `limit` rows of a (final) response as the agent receives them, as JSON (an array
+/// of arrays of string|null), for the audit record; empty when there are none.
+pub fn recorded_rows(resp: &QueryResponse, limit: u64) -> Result<String, String> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let data = resp.json().get("data");
+    let rows: Vec<Vec<Option<String>>> = match &resp.query_result_format {
+        Some(ResultFormat::Arrow) => {
+            let b64 = data
+                .and_then(|d| d.get("rowsetBase64"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let ipc = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| format!("rowsetBase64: {e}"))?;
+            let rowtype: &[Value] = data
+                .and_then(|d| d.get("rowtype"))
+                .and_then(Value::as_array)
+                .map_or(&[], Vec::as_slice);
+            tollgate_mask::rowset::arrow_rows_as_text(&ipc, rowtype, limit)
+                .map_err(|e| e.to_string())?
+        }
+        _ => data
+            .and_then(|d| d.get("rowset"))
+            .and_then(Value::as_array)
+            .map(|rows| {
+                rows.iter()
+                    .take(limit)
+                    .map(|r| {
+                        r.as_array()
+                            .map(|cells| {
+                                cells
+                                    .iter()
+                                    .map(|c| match c {
+                                        Value::Null => None,
+                                        Value::String(s) => Some(s.clone()),
+                                        other => Some(other.to_string()),
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    if rows.is_empty() {
+        return Ok(String::new());
+    }
+    serde_json::to_string(&rows).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -769,55 +820,4 @@ mod tests {
         let e = plan_caps(Some(100), 10, &[Some(2), None]).unwrap_err();
         assert!(e.contains("chunk 1"), "{e}");
     }
-}
-
-/// The first `limit` rows of a (final) response as the agent receives them, as JSON (an array
-/// of arrays of string|null), for the audit record; empty when there are none.
-pub fn recorded_rows(resp: &QueryResponse, limit: u64) -> Result<String, String> {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let data = resp.json().get("data");
-    let rows: Vec<Vec<Option<String>>> = match &resp.query_result_format {
-        Some(ResultFormat::Arrow) => {
-            let b64 = data
-                .and_then(|d| d.get("rowsetBase64"))
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let ipc = base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map_err(|e| format!("rowsetBase64: {e}"))?;
-            let rowtype: &[Value] = data
-                .and_then(|d| d.get("rowtype"))
-                .and_then(Value::as_array)
-                .map_or(&[], Vec::as_slice);
-            tollgate_mask::rowset::arrow_rows_as_text(&ipc, rowtype, limit)
-                .map_err(|e| e.to_string())?
-        }
-        _ => data
-            .and_then(|d| d.get("rowset"))
-            .and_then(Value::as_array)
-            .map(|rows| {
-                rows.iter()
-                    .take(limit)
-                    .map(|r| {
-                        r.as_array()
-                            .map(|cells| {
-                                cells
-                                    .iter()
-                                    .map(|c| match c {
-                                        Value::Null => None,
-                                        Value::String(s) => Some(s.clone()),
-                                        other => Some(other.to_string()),
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-    };
-    if rows.is_empty() {
-        return Ok(String::new());
-    }
-    serde_json::to_string(&rows).map_err(|e| e.to_string())
 }
