@@ -199,9 +199,13 @@ const PREDICATE: &str =
 #[test]
 fn a_session_is_recorded_chained_shipped_replayed_and_tampering_is_detected() -> Result<()> {
     let w = world("audit", vec![])?;
+    let tap_dir = w.scratch.join("tap");
+    std::fs::create_dir_all(&tap_dir)?;
+    let mut env = w.env();
+    env.tap = Some(tap_dir.clone());
     let out = run_python(
         &w.agents.path,
-        w.env(),
+        env,
         &[
             Statement::sql(PATIENTS),
             Statement::sql(PREDICATE),
@@ -348,6 +352,22 @@ fn a_session_is_recorded_chained_shipped_replayed_and_tampering_is_detected() ->
     }
     let ssn = regex::bytes::Regex::new(r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b").unwrap();
     assert!(ssn.find(&stored).is_none(), "an SSN-shaped value is stored");
+    // The session and master tokens the driver received (from the tap) are nowhere either.
+    let token_re =
+        regex::bytes::Regex::new(r#""(?:token|masterToken)"\s*:\s*"([^"]{8,})""#).unwrap();
+    let mut tokens = Vec::new();
+    for p in tollgate_e2e::tap::received_payloads(&tap_dir)? {
+        for c in token_re.captures_iter(&p.body) {
+            tokens.push(c[1].to_vec());
+        }
+    }
+    assert!(!tokens.is_empty(), "no token seen in the login response");
+    for t in &tokens {
+        assert!(
+            !stored.windows(t.len()).any(|win| win == t.as_slice()),
+            "a Snowflake token is stored in the audit trail"
+        );
+    }
 
     // A rule that records more: full SQL and the first rows the agent received.
     let mut env = w.env();
@@ -672,6 +692,87 @@ fn every_event_arrives_exactly_once_through_clickhouse_and_tollgate_kills() -> R
         "--clickhouse",
         &url,
     ])?;
+    assert!(ok, "{report}{err}");
+    Ok(())
+}
+
+#[test]
+fn an_event_clickhouse_refuses_is_set_aside_and_shipping_goes_on() -> Result<()> {
+    let w = world("audit-refused", vec![])?;
+    // Wait for the schema, then make ClickHouse refuse results of more than 100 rows (a data
+    // error, code 469), as a schema drift or a bad value would.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w
+        .clickhouse
+        .query("ALTER TABLE tollgate.events ADD CONSTRAINT small_results CHECK rows <= 100")
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            bail!("no events table; log:\n{}", tail(&w.tollgate.log()));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = run_python(
+        &w.agents.path,
+        w.env(),
+        &[
+            Statement::sql("SELECT ID, LABEL FROM BULK.PUBLIC.EVENTS WHERE ID < 5"),
+            Statement::sql("SELECT ID, LABEL FROM BULK.PUBLIC.EVENTS WHERE ID < 500").digest(),
+            Statement::sql("SELECT ID, LABEL FROM BULK.PUBLIC.EVENTS WHERE ID < 7"),
+        ],
+    )?;
+    assert!(out.iter().all(|r| r["ok"] == true), "{out:?}");
+    let big_qid = out[1]["query_id"].as_str().unwrap_or_default().to_owned();
+    // Everything but the refused event arrives; the refused one is in quarantine/ and the spool.
+    let spooled = spool_events(&w.spool())?.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while w.count("SELECT count() FROM tollgate.events")? + 1 < spooled {
+        if Instant::now() > deadline {
+            bail!("shipping stalled; log:\n{}", tail(&w.tollgate.log()));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let spooled = spool_events(&w.spool())?;
+    let in_ch = w.count("SELECT count() FROM tollgate.events")?;
+    assert_eq!(
+        in_ch + 1,
+        spooled.len() as u64,
+        "exactly one event set aside"
+    );
+    let quarantine: Vec<PathBuf> = std::fs::read_dir(w.spool().join("quarantine"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert_eq!(quarantine.len(), 1, "{quarantine:?}");
+    let q: Value = serde_json::from_slice(&std::fs::read(&quarantine[0])?)?;
+    assert_eq!(q["code"], 469, "{q}");
+    assert_eq!(q["event"]["kind"], "result");
+    assert_eq!(q["event"]["query_id"], big_qid.as_str());
+    assert!(
+        w.tollgate.log().contains("set aside"),
+        "the refusal is not logged"
+    );
+    // The later statement's events made it: shipping went on.
+    let later = out[2]["query_id"].as_str().unwrap_or_default();
+    assert_eq!(
+        w.count(&format!(
+            "SELECT count() FROM tollgate.events WHERE kind = 'result' AND query_id = '{later}'"
+        ))?,
+        1
+    );
+    // verify names the missing event in ClickHouse; the spool is whole.
+    let state = w.tollgate.state_dir.display().to_string();
+    let url = w.clickhouse.http_url();
+    let (ok, report, _) = w.cli(&[
+        "audit",
+        "verify",
+        "--state-dir",
+        &state,
+        "--clickhouse",
+        &url,
+    ])?;
+    assert!(!ok && report.contains("MISSING"), "{report}");
+    let (ok, report, err) = w.cli(&["audit", "verify", "--state-dir", &state])?;
     assert!(ok, "{report}{err}");
     Ok(())
 }

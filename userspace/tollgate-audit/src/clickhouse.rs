@@ -540,7 +540,8 @@ pub enum ShipError {
 }
 
 /// ClickHouse error codes that mean the data is at fault.
-const DATA_CODES: &[u32] = &[6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 130, 131, 241];
+/// (Parse and type errors, values out of range, a violated CHECK constraint, …)
+const DATA_CODES: &[u32] = &[6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 130, 131, 241, 469];
 /// Codes that mean configuration or permissions.
 const CONFIG_CODES: &[u32] = &[16, 47, 60, 81, 192, 194, 195, 497, 516];
 
