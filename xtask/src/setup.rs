@@ -133,55 +133,40 @@ fn cgroup2() -> Result<()> {
 }
 
 /// The Python venv of the driver suites: the pinned connector, fakesnow with its server extra
-/// (uvicorn, starlette) and pyarrow. A marker file holding the pins makes a second run a no-op.
+/// (uvicorn, starlette) and pyarrow.
 fn driver_venv() -> Result<()> {
-    let venv = snowflake::venv_dir();
-    let marker = venv.join(".tollgate-pins");
-    let pins = snowflake::PYTHON_PINS.join("\n");
-    if std::fs::read_to_string(&marker).ok().as_deref() == Some(pins.as_str())
-        && snowflake::python_bin().exists()
-    {
-        return Ok(());
-    }
-    eprintln!(
-        "setup: creating the driver venv at {} (about 40 s)",
-        venv.display()
-    );
-    if !snowflake::python_bin().exists() {
-        let python = ["python3.11", "python3"]
-            .into_iter()
-            .find(|p| Command::new(p).arg("--version").output().is_ok())
-            .context("no python3 found: install python3 (with venv) first")?;
-        if let Some(parent) = venv.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        run(Command::new(python).arg("-m").arg("venv").arg(&venv))?;
-    }
-    run(Command::new(venv.join("bin/pip"))
-        .args(["install", "-q", "--disable-pip-version-check"])
-        .args(snowflake::PYTHON_PINS))?;
-    std::fs::write(&marker, pins)?;
-    Ok(())
+    pinned_venv(
+        &snowflake::venv_dir(),
+        snowflake::PYTHON_PINS,
+        "the driver venv (about 40 s)",
+    )
 }
 
 /// The venv of the test ClickHouse server (`tests/clickhouse/chserver.py`): the pinned
 /// `chdb-core` wheel, which carries a complete ClickHouse 26.9 engine (Debian's clickhouse is
-/// from 2018). A marker file holding the pins makes a second run a no-op.
+/// from 2018).
 fn clickhouse_venv() -> Result<()> {
     use tollgate_e2e::clickhouse;
-    let venv = clickhouse::venv_dir();
+    pinned_venv(
+        &clickhouse::venv_dir(),
+        clickhouse::CHDB_PINS,
+        "the ClickHouse (chdb) venv (about 40 s, ~900 MB)",
+    )
+}
+
+/// A Python venv at `venv` holding exactly `pins`. A marker file holding the pins makes a
+/// second run a no-op.
+fn pinned_venv(venv: &Path, pins: &[&str], what: &str) -> Result<()> {
     let marker = venv.join(".tollgate-pins");
-    let pins = clickhouse::CHDB_PINS.join("\n");
-    if std::fs::read_to_string(&marker).ok().as_deref() == Some(pins.as_str())
-        && clickhouse::python_bin().exists()
+    let python_bin = venv.join("bin/python");
+    let joined = pins.join("\n");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(joined.as_str())
+        && python_bin.exists()
     {
         return Ok(());
     }
-    eprintln!(
-        "setup: creating the ClickHouse (chdb) venv at {} (about 40 s, ~900 MB)",
-        venv.display()
-    );
-    if !clickhouse::python_bin().exists() {
+    eprintln!("setup: creating {what} at {}", venv.display());
+    if !python_bin.exists() {
         let python = ["python3.11", "python3"]
             .into_iter()
             .find(|p| Command::new(p).arg("--version").output().is_ok())
@@ -189,12 +174,12 @@ fn clickhouse_venv() -> Result<()> {
         if let Some(parent) = venv.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        run(Command::new(python).arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(python).arg("-m").arg("venv").arg(venv))?;
     }
     run(Command::new(venv.join("bin/pip"))
         .args(["install", "-q", "--disable-pip-version-check"])
-        .args(clickhouse::CHDB_PINS))?;
-    std::fs::write(&marker, pins)?;
+        .args(pins))?;
+    std::fs::write(&marker, joined)?;
     Ok(())
 }
 

@@ -109,6 +109,22 @@ impl World {
         ))
     }
 
+    /// `tollgate audit verify` of the spool, or of ClickHouse (one session or everything);
+    /// (success, report with stderr appended).
+    fn verify(&self, clickhouse: bool, session: Option<&str>) -> Result<(bool, String)> {
+        let state = self.tollgate.state_dir.display().to_string();
+        let url = self.clickhouse.http_url();
+        let mut args = vec!["audit", "verify", "--state-dir", state.as_str()];
+        if clickhouse {
+            args.extend(["--clickhouse", url.as_str()]);
+        }
+        if let Some(s) = session {
+            args.extend(["--session", s]);
+        }
+        let (ok, report, err) = self.cli(&args)?;
+        Ok((ok, format!("{report}{err}")))
+    }
+
     /// Rows of `sql` as JSON objects (as `default`).
     fn rows(&self, sql: &str) -> Result<Vec<Value>> {
         let text = self
@@ -418,36 +434,18 @@ fn a_session_is_recorded_chained_shipped_replayed_and_tampering_is_detected() ->
     assert_eq!(replay_spool, replay, "spool and ClickHouse replays differ");
 
     // Verification: intact, from both stores.
-    let (ok, report, err) = w.cli(&["audit", "verify", "--state-dir", &state])?;
-    assert!(ok, "spool verify failed: {report}{err}");
+    let (ok, report) = w.verify(false, None)?;
+    assert!(ok, "spool verify failed: {report}");
     assert!(
         report.contains("OK: the trail is complete and unaltered"),
         "{report}"
     );
-    let (ok, report, err) = w.cli(&[
-        "audit",
-        "verify",
-        "--state-dir",
-        &state,
-        "--clickhouse",
-        &url,
-        "--session",
-        &sid,
-    ])?;
-    assert!(ok, "ClickHouse verify failed: {report}{err}");
+    let (ok, report) = w.verify(true, Some(&sid))?;
+    assert!(ok, "ClickHouse verify failed: {report}");
 
     // Tampering in ClickHouse, as someone with write access would do it.
     let verify = |what: &str| -> Result<String> {
-        let (ok, report, _) = w.cli(&[
-            "audit",
-            "verify",
-            "--state-dir",
-            &state,
-            "--clickhouse",
-            &url,
-            "--session",
-            &sid,
-        ])?;
+        let (ok, report) = w.verify(true, Some(&sid))?;
         assert!(!ok, "{what} not detected:\n{report}");
         Ok(report)
     };
@@ -480,8 +478,8 @@ fn a_session_is_recorded_chained_shipped_replayed_and_tampering_is_detected() ->
     assert!(report.contains(&format!("session {sid} seq 1")), "{report}");
     assert!(report.contains(&format!("session {sid} seq 2")), "{report}");
     // The spool still verifies: the tampering was in ClickHouse only.
-    let (ok, report, err) = w.cli(&["audit", "verify", "--state-dir", &state])?;
-    assert!(ok, "{report}{err}");
+    let (ok, report) = w.verify(false, None)?;
+    assert!(ok, "{report}");
     Ok(())
 }
 
@@ -682,17 +680,8 @@ fn every_event_arrives_exactly_once_through_clickhouse_and_tollgate_kills() -> R
         );
     }
     // And the whole trail verifies, from ClickHouse, with no hole in the host sequence.
-    let state = w.tollgate.state_dir.display().to_string();
-    let url = w.clickhouse.http_url();
-    let (ok, report, err) = w.cli(&[
-        "audit",
-        "verify",
-        "--state-dir",
-        &state,
-        "--clickhouse",
-        &url,
-    ])?;
-    assert!(ok, "{report}{err}");
+    let (ok, report) = w.verify(true, None)?;
+    assert!(ok, "{report}");
     Ok(())
 }
 
@@ -761,18 +750,9 @@ fn an_event_clickhouse_refuses_is_set_aside_and_shipping_goes_on() -> Result<()>
         1
     );
     // verify names the missing event in ClickHouse; the spool is whole.
-    let state = w.tollgate.state_dir.display().to_string();
-    let url = w.clickhouse.http_url();
-    let (ok, report, _) = w.cli(&[
-        "audit",
-        "verify",
-        "--state-dir",
-        &state,
-        "--clickhouse",
-        &url,
-    ])?;
+    let (ok, report) = w.verify(true, None)?;
     assert!(!ok && report.contains("MISSING"), "{report}");
-    let (ok, report, err) = w.cli(&["audit", "verify", "--state-dir", &state])?;
-    assert!(ok, "{report}{err}");
+    let (ok, report) = w.verify(false, None)?;
+    assert!(ok, "{report}");
     Ok(())
 }

@@ -29,10 +29,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
 use crate::chain::{ChainHead, Chainer, HostKey};
@@ -130,7 +130,7 @@ pub struct Recovery {
 /// Handle to the spool writer. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Spool {
-    tx: mpsc::SyncSender<Msg>,
+    tx: mpsc::Sender<Msg>,
     dir: PathBuf,
     /// Host sequence number one past the last durable event.
     durable: watch::Receiver<u64>,
@@ -178,44 +178,10 @@ fn frame(e: &Event, out: &mut Vec<u8>) {
     out.extend_from_slice(&payload);
 }
 
-/// What [`read_segment`] found: the events with their offsets, the offset where valid data
-/// ends, and whether bytes follow it (a torn or damaged frame).
-pub type SegmentScan = (Vec<(u64, Event)>, u64, bool);
-
-/// Reads the frames of one segment from `offset`: the events, and the offset where valid data
-/// ends (a torn or damaged frame stops the scan there).
-pub fn read_segment(path: &Path, offset: u64) -> io::Result<SegmentScan> {
-    let mut f = File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
-    let mut data = Vec::new();
-    f.read_to_end(&mut data)?;
-    let mut pos = 0usize;
-    let mut events = Vec::new();
-    let mut damaged = false;
-    while pos + 8 <= data.len() {
-        let len = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap_or_default()) as usize;
-        let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().unwrap_or_default());
-        if len > MAX_EVENT_BYTES {
-            damaged = true;
-            break;
-        }
-        let Some(payload) = data.get(pos + 8..pos + 8 + len) else {
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            damaged = true;
-            break;
-        }
-        match serde_json::from_slice::<Event>(payload) {
-            Ok(e) => events.push((offset + pos as u64, e)),
-            Err(_) => {
-                damaged = true;
-                break;
-            }
-        }
-        pos += 8 + len;
-    }
-    Ok((events, offset + pos as u64, damaged || pos < data.len()))
+/// Reads the frames of one segment from `offset`: the events with their offsets, and the
+/// offset where valid data ends (a torn or damaged frame stops the read there).
+pub fn read_segment(path: &Path, offset: u64) -> io::Result<(Vec<(u64, Event)>, u64)> {
+    read_frames(path, offset, usize::MAX)
 }
 
 /// Where a sequential reader stopped: the next host sequence, and the segment and byte offset
@@ -335,7 +301,7 @@ pub fn read_from(dir: &Path, from: u64, limit: usize) -> Result<Vec<Event>, Spoo
         .unwrap_or(0);
     let mut out = Vec::new();
     for (_, path) in &segs[first.min(segs.len())..] {
-        let (events, _, _) = read_segment(path, 0).map_err(rerr)?;
+        let (events, _) = read_segment(path, 0).map_err(rerr)?;
         for (_, e) in events {
             if e.host_seq >= from {
                 out.push(e);
@@ -372,7 +338,6 @@ struct Writer {
     chainer: Chainer,
     file: Option<File>,
     len: u64,
-    start: u64,
     durable: watch::Sender<u64>,
     failures: Arc<AtomicU64>,
     buf: Vec<u8>,
@@ -410,7 +375,6 @@ impl Writer {
         sync_dir(&self.opts.dir)?;
         self.len = f.metadata()?.len();
         self.file = Some(f);
-        self.start = start;
         Ok(())
     }
 
@@ -467,11 +431,11 @@ impl Writer {
         }
     }
 
-    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut batch: Vec<Box<Event>> = Vec::new();
         let mut waiters: Vec<Option<oneshot::Sender<Result<Receipt, SpoolError>>>> = Vec::new();
         let mut flushes = Vec::new();
-        while let Ok(first) = rx.recv() {
+        while let Some(first) = rx.blocking_recv() {
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
@@ -536,9 +500,7 @@ impl Spool {
         let segs = segments(&dir).map_err(rerr)?;
         let mut file = None;
         let mut len = 0;
-        let mut start = 0;
         if let Some((s, path)) = segs.last() {
-            start = *s;
             if let Ok(text) = fs::read(dir.join(heads_name(*s))) {
                 let h: HeadsFile = serde_json::from_slice(&text).map_err(|e| SpoolError::Read {
                     dir: dir.clone(),
@@ -566,7 +528,7 @@ impl Spool {
                 });
             }
             chainer.next_host_seq = chainer.next_host_seq.max(*s);
-            let (events, end, _) = read_segment(path, 0).map_err(rerr)?;
+            let (events, end) = read_segment(path, 0).map_err(rerr)?;
             for (_, e) in &events {
                 chainer.observe(e);
             }
@@ -594,12 +556,10 @@ impl Spool {
             chainer,
             file,
             len,
-            start,
             durable: durable_tx,
             failures: failures.clone(),
             buf: Vec::new(),
         };
-        let _ = writer.start;
         if !orphans.is_empty() {
             let mut ends: Vec<Box<Event>> = orphans
                 .iter()
@@ -620,7 +580,7 @@ impl Spool {
             recovery.closed_chains = ends.len();
         }
         recovery.next_host_seq = writer.chainer.next_host_seq;
-        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let (tx, rx) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
             .name("audit-spool".into())
             .spawn(move || writer.run(rx))
@@ -642,7 +602,7 @@ impl Spool {
     /// Appends `event` and waits until it is durable. On error the event is not stored.
     pub async fn append(&self, event: Event) -> Result<Receipt, SpoolError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Msg::Append(Box::new(event), Some(tx)))?;
+        self.send(Msg::Append(Box::new(event), Some(tx))).await?;
         rx.await.map_err(|_| SpoolError::Stopped)?
     }
 
@@ -652,7 +612,7 @@ impl Spool {
         let mut waits = Vec::with_capacity(events.len());
         for e in events {
             let (tx, rx) = oneshot::channel();
-            self.send(Msg::Append(Box::new(e), Some(tx)))?;
+            self.send(Msg::Append(Box::new(e), Some(tx))).await?;
             waits.push(rx);
         }
         let mut out = Vec::with_capacity(waits.len());
@@ -671,30 +631,44 @@ impl Spool {
         }
     }
 
-    /// Appends `event` and waits, from a thread that is not a tokio worker.
-    pub fn append_blocking(&self, event: Event) -> Result<Receipt, SpoolError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Msg::Append(Box::new(event), Some(tx)))?;
-        rx.blocking_recv().map_err(|_| SpoolError::Stopped)?
-    }
-
     /// Queues `event` without waiting (a failure is logged). For events nothing waits on,
-    /// such as a connection's close.
+    /// such as a connection's close. Never blocks: when the queue is full (the disk far
+    /// behind), the event waits for room in a task of its own.
     pub fn append_detached(&self, event: Event) {
-        if self.send(Msg::Append(Box::new(event), None)).is_err() {
-            warn!("audit spool writer stopped: event lost");
+        match self.tx.try_send(Msg::Append(Box::new(event), None)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(h) => {
+                        let tx = self.tx.clone();
+                        h.spawn(async move {
+                            if tx.send(msg).await.is_err() {
+                                warn!("audit spool writer stopped: event lost");
+                            }
+                        });
+                    }
+                    Err(_) => {
+                        if self.tx.blocking_send(msg).is_err() {
+                            warn!("audit spool writer stopped: event lost");
+                        }
+                    }
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                warn!("audit spool writer stopped: event lost");
+            }
         }
     }
 
-    fn send(&self, msg: Msg) -> Result<(), SpoolError> {
+    async fn send(&self, msg: Msg) -> Result<(), SpoolError> {
         // The queue is large; a full queue means the disk is far behind: wait for room.
-        self.tx.send(msg).map_err(|_| SpoolError::Stopped)
+        self.tx.send(msg).await.map_err(|_| SpoolError::Stopped)
     }
 
     /// Waits until everything queued before is written.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Flush(tx)).is_ok() {
+        if self.tx.send(Msg::Flush(tx)).await.is_ok() {
             let _ = rx.await;
         }
     }

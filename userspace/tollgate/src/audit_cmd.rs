@@ -283,7 +283,7 @@ pub fn run(cmd: AuditCommand) -> Result<()> {
                     .and_then(|s| s.last().cloned())
                     .map(|(_, p)| {
                         spool::read_segment(&p, 0)
-                            .map(|(ev, _, _)| ev.last().map_or(0, |(_, e)| e.host_seq + 1))
+                            .map(|(ev, _)| ev.last().map_or(0, |(_, e)| e.host_seq + 1))
                             .unwrap_or(0)
                     })
                     .unwrap_or(0)
