@@ -19,6 +19,10 @@ pub struct ProxyConfig {
     /// Which SNIs are intercepted, passed through or blocked. Default: the Snowflake patterns
     /// intercepted, everything else passed through.
     pub gate: SniGate,
+    /// Address ranges where Snowflake lives (PrivateLink endpoints, published ranges): TLS
+    /// there that is not for an intercepted name is blocked. Addresses of intercepted names
+    /// are learned on top. Default none.
+    pub snowflake_ranges: Vec<ipnet::IpNet>,
     /// Connections served at once; further clients wait in the accept backlog. Default 4096.
     pub max_connections: usize,
     /// Longest wait for a complete ClientHello; expiry closes the connection
@@ -51,6 +55,7 @@ impl Default for ProxyConfig {
                 SocketAddr::from((Ipv6Addr::LOCALHOST, DEFAULT_PORT)),
             ],
             gate: SniGate::default(),
+            snowflake_ranges: Vec::new(),
             max_connections: 4096,
             peek_timeout: Duration::from_secs(5),
             max_client_hello_len: tollgate_wire::DEFAULT_MAX_CLIENT_HELLO_LEN,

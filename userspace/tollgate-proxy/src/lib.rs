@@ -31,6 +31,7 @@ mod listener;
 pub mod orig_dst;
 mod passthrough;
 pub mod peek;
+mod probe;
 pub mod record;
 pub mod server;
 pub mod snowflake;
@@ -39,7 +40,10 @@ pub mod upstream;
 
 pub use ca::{CaError, CertificateAuthority, LeafResolver};
 pub use config::ProxyConfig;
-pub use gate::{GateAction, GateError, SniGate, SniPattern};
+pub use gate::{
+    DestinationCertificate, GateAction, GateError, GateReason, SniGate, SniPattern,
+    SnowflakeAddresses,
+};
 pub use hooks::{
     ConnectionContext, Exchange, ExchangeHooks, HookFuture, PassThroughHooks, ProxyBody,
     RequestAction,

@@ -19,11 +19,12 @@ use tokio_rustls::TlsAcceptor;
 use crate::ca::{CertificateAuthority, LeafResolver};
 use crate::config::ProxyConfig;
 use crate::counting::ByteCounters;
-use crate::gate::GateAction;
+use crate::gate::{GateAction, GateQuery, GateReason, GateVerdict, SnowflakeAddresses};
 use crate::hooks::{ConnectionContext, ExchangeHooks};
 use crate::identity::{ProcFs, ProcessIdentity, Redirects};
 use crate::intercept::{self, InterceptEnv};
 use crate::peek::{peek_client_hello, PeekError};
+use crate::probe::Prober;
 use crate::record::{rfc3339_micros, ConnectionRecord, Decision, RecordSink};
 use crate::upstream::UpstreamTls;
 use crate::{listener, passthrough};
@@ -146,6 +147,9 @@ struct Shared {
     hooks: Arc<dyn ExchangeHooks>,
     acceptor: TlsAcceptor,
     procfs: ProcFs,
+    /// Where Snowflake names live (configured ranges, learned, resolved).
+    snowflake_addresses: Mutex<SnowflakeAddresses>,
+    prober: Prober,
     id_prefix: String,
     next_id: AtomicU64,
 }
@@ -176,8 +180,14 @@ impl Proxy {
             .with_cert_resolver(Arc::new(LeafResolver::new(ca)));
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let started = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
+        let prober = Prober::new(config.upstream_mark, config.upstream_connect_timeout);
+        let snowflake_addresses = Mutex::new(SnowflakeAddresses::with_ranges(
+            config.snowflake_ranges.clone(),
+        ));
         Proxy {
             shared: Arc::new(Shared {
+                snowflake_addresses,
+                prober,
                 config,
                 upstream,
                 redirects,
@@ -240,6 +250,11 @@ impl BoundProxy {
         let (abort_tx, abort_rx) = watch::channel(false);
 
         let mut accept_loops = JoinSet::new();
+        tokio::spawn(refresh_snowflake_addresses(
+            shared.clone(),
+            Duration::from_secs(60),
+            drain_rx.clone(),
+        ));
         for listener in self.listeners {
             accept_loops.spawn(accept_loop(
                 listener,
@@ -463,7 +478,7 @@ async fn pipeline(
             }
             Err(e) => return format!("client_io: {e}"),
         };
-    let action = config.gate.decide(hello.sni.as_deref());
+    let (action, reason) = shared.gate(hello.sni.as_deref(), original_dst).await;
     {
         let mut draft = state.draft();
         draft.sni = hello.sni.clone();
@@ -480,7 +495,10 @@ async fn pipeline(
     }
 
     match action {
-        GateAction::Block => "blocked_by_policy".into(),
+        GateAction::Block => {
+            tracing::info!(%id, %client, %original_dst, sni = ?hello.sni, %reason, "connection blocked");
+            format!("blocked_by_policy: {reason}")
+        }
         GateAction::Passthrough => {
             passthrough::run(
                 io,
@@ -516,7 +534,86 @@ async fn pipeline(
                 connect_timeout: config.upstream_connect_timeout,
                 hooks: shared.hooks.clone(),
             };
-            intercept::run(io, ctx, env, state.clone(), drain).await
+            let learn = (ctx.sni.clone(), original_dst);
+            let reason = intercept::run(io, ctx, env, state.clone(), drain).await;
+            if state.upstream_verified.load(Ordering::Relaxed) {
+                // The real Snowflake server answered there: other names to this address are
+                // now fronting.
+                shared.learn_snowflake(&learn.0, learn.1);
+            }
+            reason
+        }
+    }
+}
+
+impl Shared {
+    /// The gate's decision for TLS to `dst` asking for `sni`, probing the destination's
+    /// certificate when the connection would otherwise be passed through.
+    async fn gate(&self, sni: Option<&str>, dst: SocketAddr) -> (GateAction, GateReason) {
+        let snowflake_address = self
+            .snowflake_addresses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lookup(dst.ip(), Instant::now())
+            .is_some();
+        let mut query = GateQuery {
+            sni,
+            snowflake_address,
+            certificate: None,
+        };
+        match self.config.gate.decide(&query) {
+            GateVerdict::Decided(action, reason) => (action, reason),
+            GateVerdict::NeedCertificate => {
+                let probed = self.prober.certificate(dst, sni).await;
+                query.certificate = Some(probed.as_ref().map_err(String::as_str));
+                match self.config.gate.decide(&query) {
+                    GateVerdict::Decided(action, reason) => (action, reason),
+                    GateVerdict::NeedCertificate => (
+                        GateAction::Block,
+                        GateReason::DestinationUnverified {
+                            why: "no decision after the probe".into(),
+                        },
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Remembers that the Snowflake name `sni` lives at `dst`.
+    fn learn_snowflake(&self, sni: &str, dst: SocketAddr) {
+        self.snowflake_addresses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .learn(dst.ip(), sni, Instant::now());
+    }
+}
+
+/// Keeps the learned Snowflake addresses fresh: every `interval`, the names seen are resolved
+/// again and their current addresses learned; stale ones expire.
+async fn refresh_snowflake_addresses(
+    shared: Arc<Shared>,
+    interval: Duration,
+    mut drain: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = signalled(&mut drain) => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let names = {
+            let mut book = shared
+                .snowflake_addresses
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            book.expire(Instant::now());
+            book.names()
+        };
+        for name in names {
+            if let Ok(addrs) = tokio::net::lookup_host((name.as_str(), 443)).await {
+                for addr in addrs {
+                    shared.learn_snowflake(&name, addr);
+                }
+            }
         }
     }
 }

@@ -25,6 +25,16 @@ fn trusting(pki: &TestPki) -> UpstreamTls {
     UpstreamTls::from_pem_file(pki.root_path()).unwrap()
 }
 
+/// Answers the gate's destination probe (the first connection to a pass-through destination)
+/// with a TLS server certificate for `name`, as a real destination would.
+async fn answer_probe(listener: &TcpListener, name: &str) {
+    let (stream, _) = listener.accept().await.unwrap();
+    let pki = TestPki::new("destination");
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config(&[name], &[]));
+    // The probe reads the certificate and aborts the handshake.
+    assert!(acceptor.accept(stream).await.is_err());
+}
+
 /// Reads until EOF or error; true when the proxy closed the connection on us.
 async fn closed_by_peer(stream: &mut TcpStream) -> bool {
     let mut buf = [0u8; 1024];
@@ -44,6 +54,7 @@ async fn passthrough_is_byte_exact_and_counted() {
     let from_server = pattern(8 * MIB, 2);
     let server_sends = from_server.clone();
     let server = tokio::spawn(async move {
+        answer_probe(&upstream, "files.example.org").await;
         let (stream, _) = upstream.accept().await.unwrap();
         let (mut rd, mut wr) = stream.into_split();
         let reader = tokio::spawn(async move {
@@ -434,6 +445,7 @@ async fn connection_limit_holds_the_next_client_back() {
     let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let echo_addr = echo.local_addr().unwrap();
     tokio::spawn(async move {
+        answer_probe(&echo, "echo.example.org").await;
         loop {
             let (mut s, _) = echo.accept().await.unwrap();
             tokio::spawn(async move {
@@ -551,4 +563,90 @@ async fn graceful_shutdown_drains_and_writes_every_record() {
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o640
     );
+}
+
+/// Domain fronting: TLS to a destination that presents a Snowflake certificate, under another
+/// name or none, is blocked — and once an intercepted connection has shown where Snowflake
+/// lives, any other name to that address is blocked without a probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fronting_to_a_snowflake_destination_is_blocked() {
+    let pki = TestPki::new("upstream");
+    let server = echo_https_server(pki.server_config(&[SNOWFLAKE_HOST], &[b"http/1.1"])).await;
+    let mut proxy = start(test_config(), Some(server.addr), None, trusting(&pki));
+
+    let no_sni = {
+        // An IP address as the server name: rustls sends no SNI.
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let mut conn = rustls::ClientConnection::new(
+            Arc::new(config),
+            rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into()),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut out).unwrap();
+        }
+        out
+    };
+    let mut pending = Vec::new();
+    for (hello, sni) in [
+        (
+            client_hello_bytes("cdn.example.net"),
+            Some("cdn.example.net"),
+        ),
+        (no_sni, None),
+    ] {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let addr = stream.local_addr().unwrap();
+        stream.write_all(&hello).await.unwrap();
+        assert!(closed_by_peer(&mut stream).await, "{sni:?}: left open");
+        let record = proxy.record_for(addr, &mut pending).await;
+        assert_eq!(record.decision, Decision::Block, "{sni:?}");
+        assert!(
+            record.close_reason.contains("fronting"),
+            "{sni:?}: {}",
+            record.close_reason
+        );
+        assert_eq!(record.sni.as_deref(), sni);
+    }
+    // The probes never completed a handshake; nothing was relayed.
+    assert_eq!(server.handshakes.load(Ordering::SeqCst), 0);
+
+    // An intercepted connection to the same destination teaches the gate its address.
+    let tls = proxy.tls_client(SNOWFLAKE_HOST, &[b"http/1.1"]).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let get = Request::get("/session/heartbeat")
+        .header("host", SNOWFLAKE_HOST)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(sender.send_request(get).await.unwrap().status(), 200);
+    drop(sender);
+    let record = proxy.next_record().await;
+    assert_eq!(record.decision, Decision::Intercept);
+    assert!(record.upstream_verified);
+
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let addr = stream.local_addr().unwrap();
+    stream
+        .write_all(&client_hello_bytes("pypi.org"))
+        .await
+        .unwrap();
+    assert!(closed_by_peer(&mut stream).await);
+    let record = proxy.record_for(addr, &mut pending).await;
+    assert_eq!(record.decision, Decision::Block);
+    assert!(
+        record.close_reason.contains("Snowflake address"),
+        "{}",
+        record.close_reason
+    );
+    proxy.shutdown().await;
 }

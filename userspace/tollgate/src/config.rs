@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tollgate_proxy::{GateAction, SniGate, SniPattern, SnowflakeAddresses};
 
 /// The configuration file format version this build reads.
 pub const CONFIG_VERSION: u32 = 1;
@@ -24,11 +25,9 @@ pub const DEFAULT_SOCKET_MARK: u32 = tollgate_bpf::DEFAULT_SOCKET_MARK;
 
 /// The names Tollgate terminates TLS for when no list is configured: Snowflake's public,
 /// China and PrivateLink endpoints.
-pub const DEFAULT_INTERCEPT: &[&str] = &[
-    "*.snowflakecomputing.com",
-    "*.snowflakecomputing.cn",
-    "*.privatelink.snowflakecomputing.com",
-];
+pub use tollgate_proxy::gate::DEFAULT_INTERCEPT_PATTERNS as DEFAULT_INTERCEPT;
+/// Snowflake's storage hosts, blocked for agents when no list is configured.
+pub use tollgate_proxy::gate::DEFAULT_STORAGE_PATTERNS as DEFAULT_STORAGE;
 
 /// A configuration problem, naming the field (`redirect.ports[1]`) and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -389,12 +388,22 @@ impl std::str::FromStr for OtherTraffic {
     }
 }
 
-/// `intercept:` section.
+/// `intercept:` section: the gate.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InterceptSection {
-    /// SNI patterns to terminate: exact names, or `*.suffix` (one or more labels).
+    /// Snowflake names, terminated: exact names, `*.suffix` (one or more labels), `*` inside a
+    /// label.
     pub patterns: Vec<String>,
+    /// Snowflake storage hosts, blocked for agents (Tollgate serves result chunks itself).
+    pub storage_hosts: Vec<String>,
+    /// Address ranges (CIDR or single addresses) where Snowflake lives, such as PrivateLink
+    /// endpoints: TLS there that is not for a Snowflake name is blocked, whatever its SNI.
+    /// Addresses of intercepted names are learned on top.
+    pub snowflake_addresses: Vec<String>,
+    /// Names passed through even when `other_traffic` is `block` (the agents' egress
+    /// allow-list: package indexes, model APIs, …). Still checked against fronting.
+    pub passthrough: Vec<String>,
     /// `passthrough` (default) or `block` for TLS to names not listed.
     pub other_traffic: OtherTraffic,
 }
@@ -403,8 +412,47 @@ impl Default for InterceptSection {
     fn default() -> Self {
         InterceptSection {
             patterns: DEFAULT_INTERCEPT.iter().map(|s| s.to_string()).collect(),
+            storage_hosts: DEFAULT_STORAGE.iter().map(|s| s.to_string()).collect(),
+            snowflake_addresses: Vec::new(),
+            passthrough: Vec::new(),
             other_traffic: OtherTraffic::Passthrough,
         }
+    }
+}
+
+impl InterceptSection {
+    /// The gate and the Snowflake address ranges these settings describe; the error names
+    /// the field. The one place the section is checked and built.
+    pub fn build(&self) -> Result<(SniGate, Vec<ipnet::IpNet>), ConfigError> {
+        let unlisted = match self.other_traffic {
+            OtherTraffic::Passthrough => GateAction::Passthrough,
+            OtherTraffic::Block => GateAction::Block,
+        };
+        let pattern = |field: &str, i: usize, p: &str| {
+            p.parse::<SniPattern>()
+                .map_err(|e| invalid(format!("intercept.{field}[{i}]"), e.to_string()))
+        };
+        let mut gate = SniGate::new(unlisted);
+        for (i, p) in self.patterns.iter().enumerate() {
+            gate = gate.with_snowflake(pattern("patterns", i, p)?);
+        }
+        for (i, p) in self.storage_hosts.iter().enumerate() {
+            gate = gate.with_storage(pattern("storage_hosts", i, p)?);
+        }
+        for (i, p) in self.passthrough.iter().enumerate() {
+            gate = gate.with_rule(pattern("passthrough", i, p)?, GateAction::Passthrough);
+        }
+        let ranges = self
+            .snowflake_addresses
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                SnowflakeAddresses::parse_range(r).map_err(|e| {
+                    invalid(format!("intercept.snowflake_addresses[{i}]"), e.to_string())
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((gate, ranges))
     }
 }
 
@@ -599,9 +647,7 @@ impl Config {
                 ));
             }
         }
-        for (i, p) in self.intercept.patterns.iter().enumerate() {
-            validate_pattern(p).map_err(|m| invalid(format!("intercept.patterns[{i}]"), m))?;
-        }
+        self.intercept.build()?;
         if let Some(roots) = &self.tls.upstream_roots {
             if !roots.is_file() {
                 return Err(invalid(
@@ -664,26 +710,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// Checks an intercept pattern: a DNS name, or `*.` followed by one.
-pub fn validate_pattern(p: &str) -> Result<(), String> {
-    let name = p.strip_prefix("*.").unwrap_or(p);
-    if name.is_empty() || name.contains('*') {
-        return Err(format!(
-            "`{p}`: use an exact name or `*.` followed by a name (the wildcard only leads)"
-        ));
-    }
-    if name.len() > 253
-        || name.split('.').any(|l| {
-            l.is_empty()
-                || l.len() > 63
-                || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-    {
-        return Err(format!("`{p}` is not a valid DNS name"));
-    }
-    Ok(())
 }
 
 /// Resolves a cgroup setting against the cgroup2 mount: absolute paths stay, relative ones are
@@ -813,10 +839,30 @@ snowflake:
 
     #[test]
     fn patterns() {
-        validate_pattern("*.snowflakecomputing.com").unwrap();
-        validate_pattern("acct.snowflakecomputing.com").unwrap();
-        assert!(validate_pattern("*").is_err());
-        assert!(validate_pattern("a..b").is_err());
-        assert!(validate_pattern("bad_name.com").is_err());
+        let valid = |p: &str| {
+            InterceptSection {
+                patterns: vec![p.into()],
+                ..InterceptSection::default()
+            }
+            .build()
+            .map(|_| ())
+        };
+        valid("*.snowflakecomputing.com").unwrap();
+        valid("acct.snowflakecomputing.com").unwrap();
+        assert!(valid("*").is_err());
+        assert!(valid("a..b").is_err());
+        assert!(valid("bad name.com").is_err());
+        let s = InterceptSection {
+            snowflake_addresses: vec!["10.0.0.0/8".into(), "10.1.1.1/40".into()],
+            ..InterceptSection::default()
+        };
+        let e = s.build().unwrap_err().to_string();
+        assert!(e.contains("`intercept.snowflake_addresses[1]`"), "{e}");
+        let s = InterceptSection {
+            storage_hosts: vec!["sfc-*.s3.*.amazonaws.com".into(), "x.*.com".into()],
+            ..InterceptSection::default()
+        };
+        let e = s.build().unwrap_err().to_string();
+        assert!(e.contains("`intercept.storage_hosts[1]`"), "{e}");
     }
 }

@@ -14,13 +14,13 @@ use tollgate_proxy::snowflake::{
     UnknownEndpoints as Unknown,
 };
 use tollgate_proxy::{
-    CertificateAuthority, GateAction, KernelRedirectsOnly, ProcessIdentity, Proxy, ProxyConfig,
-    RecordSink, Redirects, SniGate, SniPattern, UpstreamTls,
+    CertificateAuthority, KernelRedirectsOnly, ProcessIdentity, Proxy, ProxyConfig, RecordSink,
+    Redirects, UpstreamTls,
 };
 use tollgate_wire::snowflake::BodyLimits;
 use tracing::{info, warn};
 
-use crate::config::{resolve_cgroup, Config, OtherTraffic, RedirectMode, UnknownEndpoints};
+use crate::config::{resolve_cgroup, Config, RedirectMode, UnknownEndpoints};
 use crate::policy_cmd::configured_policy;
 
 /// Process identity from the eBPF connect hooks, for the proxy.
@@ -228,16 +228,7 @@ pub fn run(config: Config) -> Result<()> {
         RecordSink::file(Path::new(&records_target))?
     };
 
-    let mut gate = SniGate::new(match config.intercept.other_traffic {
-        OtherTraffic::Passthrough => GateAction::Passthrough,
-        OtherTraffic::Block => GateAction::Block,
-    });
-    for (i, p) in config.intercept.patterns.iter().enumerate() {
-        let pattern: SniPattern = p
-            .parse()
-            .map_err(|e| anyhow::anyhow!("config field `intercept.patterns[{i}]`: {e}"))?;
-        gate = gate.with_rule(pattern, GateAction::Intercept);
-    }
+    let (gate, snowflake_ranges) = config.intercept.build()?;
     let proxy_cfg = ProxyConfig {
         listen: config
             .listen
@@ -246,6 +237,7 @@ pub fn run(config: Config) -> Result<()> {
             .map(|a| SocketAddr::new(*a, config.listen.port))
             .collect(),
         gate,
+        snowflake_ranges,
         max_connections: config.limits.max_connections,
         peek_timeout: config.limits.peek_timeout(),
         max_client_hello_len: config.limits.max_client_hello_bytes,

@@ -9,8 +9,9 @@
 //! storage URL or its keys.
 //!
 //! A ticket is a 128-bit random name bound to the Snowflake session and to the process that
-//! logged in: it is refused once the session has ended or expired, from another process
-//! identity, and after its own expiry. Tickets and storage URLs are never logged.
+//! logged in: it is refused once the session has ended or expired, from another process (even
+//! one of the same uid and cgroup with a Snowflake session of its own), with another session's
+//! token, and after its own expiry. Tickets and storage URLs are never logged.
 //!
 //! Memory stays bounded while streaming: compressed input is fed to the decoder in small
 //! slices, the filter emits output per row or record batch, and a bounded channel applies the
@@ -311,18 +312,32 @@ impl StorageClient {
     }
 }
 
-/// Whether `conn` may use `ticket`: the session must be live and the connection must come
-/// from the process identity (uid and cgroup) that logged in.
+/// Whether `conn` may use `ticket`: the session must be live, the connection must come from
+/// the process that logged in (thread group, uid, cgroup and network namespace — another
+/// process of the same workload running a second Snowflake session is refused), and a
+/// Snowflake token on the request, if any, must be that session's.
+///
+/// `presented` is what the request's `Authorization` header carried: `None` for no token,
+/// `Some(None)` for a token Tollgate does not know, `Some(Some(session))` for a live session.
 pub fn authorize(
     ticket: &ChunkTicket,
     sessions: &SessionTable,
     conn: &ConnectionContext,
+    presented: Option<Option<&Arc<Session>>>,
 ) -> Result<(), &'static str> {
     if !sessions.is_live(&ticket.session) {
         return Err("the Snowflake session of this result has ended or expired");
     }
+    match presented {
+        Some(Some(session)) if Arc::ptr_eq(session, &ticket.session) => {}
+        Some(_) => return Err("the result belongs to another Snowflake session"),
+        None => {}
+    }
     match (&ticket.session.process, &conn.process) {
-        (Some(owner), Some(caller)) if same_workload(owner, caller) => Ok(()),
+        (Some(owner), Some(caller)) if same_process(owner, caller) => Ok(()),
+        (Some(owner), Some(caller)) if same_workload(owner, caller) => {
+            Err("the result belongs to another process's Snowflake session")
+        }
         (Some(_), _) => Err("the result belongs to another workload"),
         // Logged in without a redirect record (tests without eBPF): the session must still
         // be live, which was checked above.
@@ -332,6 +347,12 @@ pub fn authorize(
 
 fn same_workload(a: &ProcessIdentity, b: &ProcessIdentity) -> bool {
     a.uid == b.uid && a.cgroup_id == b.cgroup_id && a.netns_cookie == b.netns_cookie
+}
+
+/// The same process: chunk downloads run on the driver's threads, which share the thread group
+/// of the one that logged in.
+fn same_process(a: &ProcessIdentity, b: &ProcessIdentity) -> bool {
+    same_workload(a, b) && a.tgid == b.tgid
 }
 
 /// A plain-text error reply for a chunk fetch (drivers report the status).

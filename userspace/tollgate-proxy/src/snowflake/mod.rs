@@ -22,6 +22,7 @@ mod body;
 pub mod chunks;
 pub mod result;
 mod session;
+pub mod sql_api;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -48,6 +49,8 @@ use crate::audit::{with_process, with_snowflake, Auditor};
 pub use chunks::{ChunkStore, StorageClient, StorageConfig, CHUNK_PATH_PREFIX};
 pub use result::{Masking, ResultPlan, RewriteReport};
 pub use session::{Session, SessionTable, SnowflakeIdentity};
+use sql_api::AllowedHandles;
+pub use sql_api::SqlApiIdentity;
 
 use crate::hooks::{
     ConnectionContext, Exchange, ExchangeHooks, HookFuture, ProxyBody, RequestAction,
@@ -98,6 +101,7 @@ pub struct SnowflakeHooks {
     storage: Option<StorageClient>,
     masking: Masking,
     audit: Option<Auditor>,
+    sql_handles: AllowedHandles,
 }
 
 impl std::fmt::Debug for SnowflakeHooks {
@@ -131,6 +135,10 @@ enum Pending {
     },
     Logout {
         session: Arc<Session>,
+    },
+    /// An allowed SQL API submission: its handles become fetchable for this bearer token.
+    SqlApiSubmit {
+        bearer: [u8; 32],
     },
 }
 
@@ -252,6 +260,19 @@ fn withheld(query_id: Option<&str>, why: &str) -> Response<ProxyBody> {
     resp
 }
 
+/// The bearer token of a SQL API request.
+fn bearer_token(req: &Request<ProxyBody>) -> Option<tollgate_wire::snowflake::Secret> {
+    let header = req
+        .headers()
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    match parse_authorization(header)? {
+        tollgate_wire::snowflake::AuthToken::Bearer(t) => Some(t),
+        _ => None,
+    }
+}
+
 fn full(bytes: Bytes) -> ProxyBody {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
@@ -270,6 +291,7 @@ impl SnowflakeHooks {
                 detectors: Arc::new(tollgate_mask::DetectorSet::standard()),
             },
             audit: None,
+            sql_handles: AllowedHandles::default(),
         }
     }
 
@@ -367,8 +389,28 @@ impl SnowflakeHooks {
         self.sessions.get(token.secret().expose())
     }
 
-    fn identity(&self, conn: &ConnectionContext, session: Option<&Session>) -> Identity {
-        let sf = session.map(Session::identity).unwrap_or_default();
+    /// What the request's `Authorization` header names: `None` without a token, `Some(None)`
+    /// for a token of no live session.
+    fn presented_session(&self, req: &Request<ProxyBody>) -> Option<Option<Arc<Session>>> {
+        let header = req
+            .headers()
+            .get(http::header::AUTHORIZATION)?
+            .to_str()
+            .ok()?;
+        let token = parse_authorization(header)?;
+        Some(self.sessions.get(token.secret().expose()))
+    }
+
+    fn identity(
+        &self,
+        conn: &ConnectionContext,
+        session: Option<&Session>,
+        sql_api: Option<&SqlApiIdentity>,
+    ) -> Identity {
+        let sf = match sql_api {
+            Some(api) => api.snowflake.clone(),
+            None => session.map(Session::identity).unwrap_or_default(),
+        };
         let process = session
             .and_then(|s| s.process.clone())
             .or_else(|| conn.process.clone());
@@ -394,9 +436,10 @@ impl SnowflakeHooks {
         conn: &ConnectionContext,
         session: Option<&Arc<Session>>,
         sql: &str,
-        sql_api: bool,
+        api: Option<&SqlApiIdentity>,
     ) -> (Decided, Vec<Event>) {
-        let identity = self.identity(conn, session.map(|s| s.as_ref()));
+        let sql_api = api.is_some();
+        let identity = self.identity(conn, session.map(|s| s.as_ref()), api);
         let ctx = NameContext {
             database: identity.database.clone(),
             schema: identity.schema.clone(),
@@ -444,10 +487,15 @@ impl SnowflakeHooks {
             q.sql_fingerprint.clone_from(&fp);
             q.statement_kind.clone_from(&kind_names);
             q.tables.clone_from(&tables);
-            if sql_api {
+            if let Some(api) = api {
                 q.attrs.insert("api".into(), "sql_api".into());
+                q.attrs.insert("identity_source".into(), api.source.clone());
+                with_snowflake(&mut q, &api.snowflake);
             }
             let mut d = self.event(EventKind::Decision, conn, session.map(|s| s.as_ref()));
+            if let Some(api) = api {
+                with_snowflake(&mut d, &api.snowflake);
+            }
             d.rule_id.clone_from(&decision.rule_id);
             d.decision = decision.action.name().to_owned();
             d.statement_kind = kind_names;
@@ -471,11 +519,14 @@ impl SnowflakeHooks {
         } else {
             Vec::new()
         };
+        let decided_with = api
+            .map(|a| format!(" (decided for {})", a.source))
+            .unwrap_or_default();
         let refuse = |what: &str, reason: &str, sql_state: &'static str| Refusal {
             sql_api,
             sql_state,
             message: format!(
-                "Tollgate {what} this statement (rule {}): {reason}",
+                "Tollgate {what} this statement (rule {}): {reason}{decided_with}",
                 decision.rule_id
             ),
             close: false,
@@ -535,7 +586,11 @@ impl SnowflakeHooks {
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| "/".into());
         if request.method() == http::Method::GET && target.starts_with(CHUNK_PATH_PREFIX) {
-            return RequestAction::Respond(self.serve_chunk(conn, &target).await);
+            let presented = self.presented_session(&request);
+            return RequestAction::Respond(
+                self.serve_chunk(conn, &target, presented.as_ref().map(Option::as_ref))
+                    .await,
+            );
         }
         let endpoint = classify(request.method().as_str(), &target);
         let started = Instant::now();
@@ -624,7 +679,7 @@ impl SnowflakeHooks {
                         )
                     }
                 };
-                let (decided, events) = self.decide(conn, session.as_ref(), &query.sql_text, false);
+                let (decided, events) = self.decide(conn, session.as_ref(), &query.sql_text, None);
                 if let Err(refusal) = self.audit_gate(events, false).await {
                     return RequestAction::Respond(refusal);
                 }
@@ -663,7 +718,17 @@ impl SnowflakeHooks {
                         )
                     }
                 };
-                let (decided, events) = self.decide(conn, None, &statement.statement, true);
+                let bearer = bearer_token(&request);
+                let api = SqlApiIdentity::from_request(
+                    request
+                        .headers()
+                        .get(sql_api::TOKEN_TYPE_HEADER)
+                        .and_then(|v| v.to_str().ok()),
+                    bearer.as_ref().map(|t| t.expose()),
+                    &statement,
+                    authority.split(':').next().unwrap_or(&authority),
+                );
+                let (decided, events) = self.decide(conn, None, &statement.statement, Some(&api));
                 if let Err(refusal) = self.audit_gate(events, true).await {
                     return RequestAction::Respond(refusal);
                 }
@@ -682,9 +747,47 @@ impl SnowflakeHooks {
                             .into_response(),
                         )
                     }
-                    Ok(_) => RequestAction::Forward(request),
+                    Ok(_) => {
+                        if let Some(bearer) = &bearer {
+                            exchange.state.insert(Arc::new(Pending::SqlApiSubmit {
+                                bearer: sql_api::bearer_digest(bearer.expose()),
+                            }));
+                        }
+                        RequestAction::Forward(request)
+                    }
                     Err(refusal) => RequestAction::Respond(refusal.into_response()),
                 }
+            }
+            Endpoint::SqlApiStatus { handle } => {
+                let allowed = bearer_token(&request).is_some_and(|b| {
+                    self.sql_handles
+                        .is_allowed(&handle, &sql_api::bearer_digest(b.expose()))
+                });
+                if allowed {
+                    return RequestAction::Forward(request);
+                }
+                warn!(conn = %conn.id, "SQL API result requested for a handle Tollgate did not allow");
+                RequestAction::Respond(
+                    Refusal {
+                        sql_api: true,
+                        sql_state: "42501",
+                        message: "Tollgate refused this statement handle: it serves SQL API results only for statements it allowed for the same token (results of driver sessions are served masked through the driver)".into(),
+                        close: false,
+                    }
+                    .into_response(),
+                )
+            }
+            Endpoint::ResultChunk => {
+                warn!(conn = %conn.id, "pre-signed download on the Snowflake host refused");
+                RequestAction::Respond(
+                    Refusal {
+                        sql_api: false,
+                        sql_state: "42501",
+                        message: "Tollgate refused this download: result chunks are served by Tollgate at the URLs it hands out, never by pre-signed URL".into(),
+                        close: false,
+                    }
+                    .into_response(),
+                )
             }
             Endpoint::TokenRequest => {
                 let (request, body) = match self.read_request(request).await {
@@ -728,9 +831,7 @@ impl SnowflakeHooks {
             | Endpoint::AbortQuery { .. }
             | Endpoint::MonitoringQuery { .. }
             | Endpoint::Telemetry
-            | Endpoint::SqlApiStatus { .. }
-            | Endpoint::SqlApiCancel { .. }
-            | Endpoint::ResultChunk => RequestAction::Forward(request),
+            | Endpoint::SqlApiCancel { .. } => RequestAction::Forward(request),
             Endpoint::Unknown { method, path } => match self.config.unknown_endpoints {
                 UnknownEndpoints::Forward => {
                     warn!(conn = %conn.id, %method, %path, "unknown Snowflake endpoint forwarded");
@@ -886,7 +987,7 @@ impl SnowflakeHooks {
                 e.decision = "logout".into();
                 vec![e]
             }
-            Pending::Renewal { .. } => Vec::new(),
+            Pending::Renewal { .. } | Pending::SqlApiSubmit { .. } => Vec::new(),
         }
     }
 
@@ -1096,7 +1197,12 @@ impl SnowflakeHooks {
     }
 
     /// Serves `GET /tollgate/chunks/<ticket>`.
-    async fn serve_chunk(&self, conn: &ConnectionContext, target: &str) -> Response<ProxyBody> {
+    async fn serve_chunk(
+        &self,
+        conn: &ConnectionContext,
+        target: &str,
+        presented: Option<Option<&Arc<Session>>>,
+    ) -> Response<ProxyBody> {
         let name = target[CHUNK_PATH_PREFIX.len()..]
             .split(['?', '/'])
             .next()
@@ -1108,7 +1214,7 @@ impl SnowflakeHooks {
                 "Tollgate: no such result chunk (unknown or expired); run the query again",
             );
         };
-        if let Err(why) = chunks::authorize(&ticket, &self.sessions, conn) {
+        if let Err(why) = chunks::authorize(&ticket, &self.sessions, conn, presented) {
             warn!(conn = %conn.id, query = %ticket.query_id, chunk = ticket.index, why, "result chunk refused");
             return chunks::error_reply(
                 StatusCode::FORBIDDEN,
@@ -1224,6 +1330,11 @@ impl SnowflakeHooks {
             Pending::Statement { session, uses, .. } => {
                 if let Ok(resp) = QueryResponse::parse(body) {
                     self.observe_statement(session.as_ref(), uses, &resp);
+                }
+            }
+            Pending::SqlApiSubmit { bearer } => {
+                for handle in sql_api::response_handles(body) {
+                    self.sql_handles.allow(handle, *bearer);
                 }
             }
         }
