@@ -17,8 +17,8 @@
 //!
 //! A mask decision then carries the masked statement's column lineage in its [`MaskPlan`]
 //! ([`crate::lineage`]), unless `defaults.unknown_lineage` (lineage unknown, or several
-//! statements, on data that may be classified) or `defaults.masked_predicates` (a filter, sort
-//! or group on a masked column) turns it into a deny (the rule id stays the mask rule's) or a
+//! statements, on data that may be classified) or `defaults.masked_predicates` (a filter, sort,
+//! group or join on a masked column) turns it into a deny (the rule id stays the mask rule's) or a
 //! [`Fallback`]. [`Policy::resolve_result_columns`] applies the plan to the result.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -518,7 +518,8 @@ impl Policy {
     /// - several statements, or a lineage that cannot be traced, on a statement that may touch
     ///   classified (or plan-masked) data → `defaults.unknown_lineage` (deny, or a fallback);
     /// - a filter, sort, group or join condition on a column the plan masks →
-    ///   `defaults.masked_predicates`.
+    ///   `defaults.masked_predicates` (a join comparing it with constant or computed values,
+    ///   derived constants of a subquery, CTE or `VALUES` included, is named as such).
     fn refine_mask(&self, analysis: &Analysis, plan: &mut MaskPlan) -> Option<Action> {
         let statements = &analysis.statements;
         let known = match statements.as_slice() {
@@ -553,11 +554,17 @@ impl Policy {
         };
         if self.defaults.masked_predicates == MaskedPredicates::Deny {
             let globs = DirectiveGlobs::new(plan);
-            if let Some(column) = lineage
-                .predicate_columns
-                .iter()
-                .find(|c| self.is_classified(c) || globs.matches(c))
-            {
+            let masked = |c: &&ColumnRef| self.is_classified(c) || globs.matches(c);
+            if let Some(column) = lineage.constant_join_columns.iter().find(masked) {
+                return Some(Action::Deny {
+                    reason: format!(
+                        "joining masked column {column} with constant or computed values \
+                         instead of a table column would reveal its values \
+                         (defaults.masked_predicates)"
+                    ),
+                });
+            }
+            if let Some(column) = lineage.predicate_columns.iter().find(masked) {
                 return Some(Action::Deny {
                     reason: format!(
                         "filtering, sorting or grouping on masked column {column} would reveal \

@@ -10,6 +10,19 @@
 //! `MATCH_RECOGNIZE`, `IDENTIFIER()`, recursive CTEs, …) makes the whole statement
 //! [`StatementLineage::Unknown`]. It never under-approximates on purpose: when unsure, unknown.
 //!
+//! Predicates ([`ProjectionLineage::predicate_columns`]) are every base column a filter, sort,
+//! grouping or join condition may read. The one exception is a join of two *table columns*:
+//! `a.x = b.y` in `JOIN … ON`, and the columns of `USING (…)` and `NATURAL` joins, record
+//! nothing when both sides trace, untransformed, to base-table columns (through any number of
+//! alias, CTE and subquery hops). Whether a side is such a column is decided by the same
+//! lineage as result columns, so a column of a derived table, CTE or `VALUES` that traces to no
+//! base column at all (literals, functions of literals: a *derived constant*), or to a computed
+//! value, is not one: `JOIN (SELECT '…' AS s) b ON a.ssn = b.s` compares `a.ssn` with a
+//! constant exactly like `WHERE a.ssn = '…'` does, and is a predicate on `a.ssn`. Such
+//! comparisons (any comparison in a join condition one of whose other operands is not a table
+//! column, literals and `IN` lists included) are also listed in
+//! [`ProjectionLineage::constant_join_columns`], so that a refusal can say what happened.
+//!
 //! `SELECT *` over a base table cannot be expanded from the SQL alone (the column list is in
 //! the catalogue, not in the text): it stays an [`OutputItem::Wildcard`], which the masking
 //! layer expands by the result column names Snowflake reports (see
@@ -17,15 +30,15 @@
 //! or subquery whose projection is known expands to that projection.
 
 use std::collections::BTreeSet;
-use std::ops::ControlFlow;
+use std::ops::{ControlFlow, Range};
 
 use serde::Serialize;
 use sqlparser::ast::{
-    Distinct, ExcludeSelectItem, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments,
-    GroupByExpr, GroupByWithModifier, Ident, JoinConstraint, JoinOperator, ObjectName,
-    ObjectNamePart, OrderBy, OrderByKind, Query, Select, SelectItem,
+    BinaryOperator, Distinct, ExcludeSelectItem, Expr, Function, FunctionArg, FunctionArgExpr,
+    FunctionArguments, GroupByExpr, GroupByWithModifier, Ident, InTarget, JoinConstraint,
+    JoinOperator, ObjectName, ObjectNamePart, OrderBy, OrderByKind, Query, Select, SelectItem,
     SelectItemQualifiedWildcardKind, SetExpr, SetQuantifier, Statement, TableAliasColumnDef,
-    TableFactor, Value, Values, Visit, Visitor, WildcardAdditionalOptions,
+    TableFactor, TableWithJoins, Value, Values, Visit, Visitor, WildcardAdditionalOptions,
 };
 
 use crate::analysis::{object_parts, resolve_object, NameParts, Resolved};
@@ -57,11 +70,18 @@ pub struct ProjectionLineage {
     /// The result columns, in order.
     pub items: Vec<OutputItem>,
     /// Base columns the query filters, sorts, groups or joins on (`WHERE`, `HAVING`,
-    /// `QUALIFY`, `ORDER BY`, `GROUP BY`, `DISTINCT ON`, `JOIN … ON` except bare `a = b`
-    /// equi-join conditions), anywhere in the query, CTEs and subqueries included. A column
-    /// `*` (`DB.SCHEMA.TABLE.*`) stands for "some column of that table" (a positional
-    /// `ORDER BY 1` over `SELECT *`, a `HASH(*)`).
+    /// `QUALIFY`, `ORDER BY`, `GROUP BY`, `DISTINCT ON`, `JOIN … ON`, `USING`, `NATURAL`),
+    /// anywhere in the query, CTEs and subqueries included, except the columns of bare
+    /// equi-joins of two table columns (`a.x = b.y`, `USING (x)` where both sides trace,
+    /// untransformed, to base-table columns). A column `*` (`DB.SCHEMA.TABLE.*`) stands for
+    /// "some column of that table" (a positional `ORDER BY 1` over `SELECT *`, a `HASH(*)`).
     pub predicate_columns: BTreeSet<ColumnRef>,
+    /// The subset of [`Self::predicate_columns`] a join condition (`ON`, `USING`, `NATURAL`,
+    /// `MATCH_CONDITION`) compares with something that is not a table column: a literal, an
+    /// `IN` list, a subquery, a computed value, or a column of a derived table, CTE or
+    /// `VALUES` whose lineage is a constant (no base column) or a computation.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub constant_join_columns: BTreeSet<ColumnRef>,
 }
 
 /// One item of a traced projection.
@@ -128,12 +148,14 @@ pub(crate) fn statement_lineage(
         ctes: Vec::new(),
         frames: Vec::new(),
         predicates: BTreeSet::new(),
+        constant_joins: BTreeSet::new(),
         depth: 0,
     };
     Some(match tracer.query(query) {
         Ok(items) => StatementLineage::Known(ProjectionLineage {
             items,
             predicate_columns: tracer.predicates,
+            constant_join_columns: tracer.constant_joins,
         }),
         Err(reason) => StatementLineage::Unknown { reason },
     })
@@ -150,6 +172,15 @@ fn unknown<T>(reason: &str) -> Res<T> {
 struct Traced {
     sources: BTreeSet<ColumnRef>,
     transformed: bool,
+}
+
+impl Traced {
+    /// Whether the value is a table column: untransformed (a bare reference or a pure cast,
+    /// through any number of alias, CTE and subquery hops) and traced to some base column.
+    /// A derived constant (no base column) or a computed value is not.
+    fn is_table_column(&self) -> bool {
+        !self.transformed && !self.sources.is_empty()
+    }
 }
 
 fn merge(acc: &mut Option<Traced>, t: Traced) {
@@ -291,7 +322,29 @@ struct Tracer<'c> {
     /// Name scopes, innermost (current `SELECT`) last; outer ones serve correlated subqueries.
     frames: Vec<Frame>,
     predicates: BTreeSet<ColumnRef>,
+    /// See [`ProjectionLineage::constant_join_columns`].
+    constant_joins: BTreeSet<ColumnRef>,
     depth: usize,
+}
+
+/// A join condition, recorded while a `FROM` clause is read and traced once its scope is
+/// complete. Relations are indices into the scope's [`Frame::rels`].
+#[derive(Debug)]
+enum JoinCondition<'a> {
+    /// `ON <expr>`, or an `ASOF` `MATCH_CONDITION`.
+    On(&'a Expr),
+    /// `USING (names)`: each column of the left relations equals the same-named column of the
+    /// right ones.
+    Using {
+        left: Range<usize>,
+        right: Range<usize>,
+        names: Vec<String>,
+    },
+    /// `NATURAL`: like `USING` over every column name both sides have.
+    Natural {
+        left: Range<usize>,
+        right: Range<usize>,
+    },
 }
 
 fn fold(ident: &Ident) -> String {
@@ -350,9 +403,14 @@ fn expr_name(expr: &Expr) -> String {
     }
 }
 
-/// Splits a join condition at `AND` and keeps the conjuncts that are not bare `a = b`
-/// comparisons of two columns.
-fn non_equi_conjuncts<'a>(expr: &'a Expr, out: &mut Vec<&'a Expr>) {
+/// Splits a join condition at `AND` into the bare `a = b` comparisons of two column
+/// references (`equi`: candidates for the equi-join exception, decided by their lineage) and
+/// the other conjuncts (`other`).
+fn split_join_condition<'a>(
+    expr: &'a Expr,
+    equi: &mut Vec<(&'a Expr, &'a Expr)>,
+    other: &mut Vec<&'a Expr>,
+) {
     fn is_column(e: &Expr) -> bool {
         match e {
             Expr::Identifier(_) | Expr::CompoundIdentifier(_) => true,
@@ -361,15 +419,58 @@ fn non_equi_conjuncts<'a>(expr: &'a Expr, out: &mut Vec<&'a Expr>) {
         }
     }
     match expr {
-        Expr::Nested(inner) => non_equi_conjuncts(inner, out),
-        Expr::BinaryOp { left, op, right } if *op == sqlparser::ast::BinaryOperator::And => {
-            non_equi_conjuncts(left, out);
-            non_equi_conjuncts(right, out);
+        Expr::Nested(inner) => split_join_condition(inner, equi, other),
+        Expr::BinaryOp { left, op, right } if *op == BinaryOperator::And => {
+            split_join_condition(left, equi, other);
+            split_join_condition(right, equi, other);
         }
         Expr::BinaryOp { left, op, right }
-            if *op == sqlparser::ast::BinaryOperator::Eq && is_column(left) && is_column(right) => {
+            if *op == BinaryOperator::Eq && is_column(left) && is_column(right) =>
+        {
+            equi.push((left, right))
         }
-        other => out.push(other),
+        e => other.push(e),
+    }
+}
+
+/// The operands of a comparison (`=`, `<>`, `<`, `BETWEEN`, `IN (…)`, `LIKE`, `IS [NOT]
+/// DISTINCT FROM`, `= ANY (…)`, …): the compared expression first. A subquery operand is
+/// `Err` of its query. `None` for anything else.
+fn comparison_operands<'a>(expr: &'a Expr) -> Option<Vec<Result<&'a Expr, &'a Query>>> {
+    let pair = |a: &'a Expr, b: &'a Expr| Some(vec![Ok(a), Ok(b)]);
+    match expr {
+        Expr::Nested(inner) => comparison_operands(inner),
+        Expr::BinaryOp {
+            left,
+            op:
+                BinaryOperator::Eq
+                | BinaryOperator::NotEq
+                | BinaryOperator::Lt
+                | BinaryOperator::LtEq
+                | BinaryOperator::Gt
+                | BinaryOperator::GtEq
+                | BinaryOperator::Spaceship,
+            right,
+        } => pair(left, right),
+        Expr::IsDistinctFrom(a, b) | Expr::IsNotDistinctFrom(a, b) => pair(a, b),
+        Expr::AnyOp { left, right, .. } | Expr::AllOp { left, right, .. } => pair(left, right),
+        Expr::Like { expr, pattern, .. }
+        | Expr::ILike { expr, pattern, .. }
+        | Expr::SimilarTo { expr, pattern, .. }
+        | Expr::RLike { expr, pattern, .. } => pair(expr, pattern),
+        Expr::Between {
+            expr, low, high, ..
+        } => Some(vec![Ok(&**expr), Ok(&**low), Ok(&**high)]),
+        Expr::In { expr, target, .. } => match target {
+            InTarget::List(list) => Some(
+                std::iter::once(Ok(&**expr))
+                    .chain(list.iter().map(Ok))
+                    .collect(),
+            ),
+            InTarget::Subquery(q) => Some(vec![Ok(&**expr), Err(&**q)]),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -729,6 +830,131 @@ impl Tracer<'_> {
         Ok(())
     }
 
+    /// Traces a join condition (in the scope of its `SELECT`): see the module docs.
+    fn join_condition(&mut self, condition: &JoinCondition<'_>) -> Res<()> {
+        match condition {
+            JoinCondition::On(expr) => {
+                let (mut equi, mut other) = (Vec::new(), Vec::new());
+                split_join_condition(expr, &mut equi, &mut other);
+                for (left, right) in equi {
+                    let operands = vec![self.trace(left)?, self.trace(right)?];
+                    self.join_comparison(operands, true);
+                }
+                for conjunct in other {
+                    match comparison_operands(conjunct) {
+                        Some(operands) => {
+                            let operands = operands
+                                .into_iter()
+                                .map(|o| match o {
+                                    Ok(expr) => self.operand(expr),
+                                    Err(query) => self.subquery_value(query),
+                                })
+                                .collect::<Res<Vec<_>>>()?;
+                            self.join_comparison(operands, false);
+                        }
+                        None => self.predicate(conjunct)?,
+                    }
+                }
+            }
+            JoinCondition::Using { left, right, names } => {
+                for name in names {
+                    self.join_columns(left, right, name);
+                }
+            }
+            JoinCondition::Natural { left, right } => {
+                // Base tables (and wildcards) only have table columns; the names a traced
+                // projection certainly has are the ones a constant could hide behind.
+                let rels = self.frames.last().map_or(&[][..], |f| f.rels.as_slice());
+                let names: BTreeSet<String> = rels
+                    .get(left.start..right.end)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|rel| match &rel.columns {
+                        Columns::Derived(items) => Some(items),
+                        Columns::Base(_) => None,
+                    })
+                    .flatten()
+                    .filter_map(|item| match item {
+                        OutputItem::Column { name, .. } => Some(name.clone()),
+                        OutputItem::Wildcard { .. } => None,
+                    })
+                    .collect();
+                for name in &names {
+                    self.join_columns(left, right, name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `USING (name)`: the column of the `left` relations equals that of the `right` ones.
+    /// A name one side does not have is not a join column.
+    fn join_columns(&mut self, left: &Range<usize>, right: &Range<usize>, name: &str) {
+        let rels = self.frames.last().map_or(&[][..], |f| f.rels.as_slice());
+        let side = |range: &Range<usize>| {
+            let mut acc = None;
+            for rel in rels.get(range.clone()).unwrap_or_default() {
+                if let Some((t, _)) = rel.lookup(name) {
+                    merge(&mut acc, t);
+                }
+            }
+            acc
+        };
+        if let (Some(l), Some(r)) = (side(left), side(right)) {
+            self.join_comparison(vec![l, r], true);
+        }
+    }
+
+    /// A comparison in a join condition, compared value first. A bare equality of two table
+    /// columns (`equality`) is the equi-join exception and records nothing; otherwise every
+    /// operand is a predicate, and one compared with an operand that is not a table column (a
+    /// constant, derived constant or computed value) is a constant join column too.
+    fn join_comparison(&mut self, operands: Vec<Traced>, equality: bool) {
+        if equality && operands.iter().all(Traced::is_table_column) {
+            return;
+        }
+        for (i, operand) in operands.iter().enumerate() {
+            let against_constant = operands
+                .iter()
+                .enumerate()
+                .any(|(j, other)| j != i && !other.is_table_column());
+            if against_constant {
+                self.constant_joins.extend(operand.sources.iter().cloned());
+            }
+        }
+        for operand in operands {
+            self.predicates.extend(operand.sources);
+        }
+    }
+
+    /// An operand of a comparison: a scalar subquery is the value of its one column.
+    fn operand(&mut self, expr: &Expr) -> Res<Traced> {
+        match expr {
+            Expr::Nested(inner) => self.operand(inner),
+            Expr::Subquery(query) => self.subquery_value(query),
+            _ => self.trace(expr),
+        }
+    }
+
+    /// The value of a subquery used as an operand (`x = (SELECT …)`, `x IN (SELECT …)`): a
+    /// table column only when its projection is one.
+    fn subquery_value(&mut self, query: &Query) -> Res<Traced> {
+        let items = self.query(query)?;
+        let mut sources = BTreeSet::new();
+        items.iter().for_each(|i| i.add_sources(&mut sources));
+        let transformed = !matches!(
+            items.as_slice(),
+            [OutputItem::Column {
+                transformed: false,
+                ..
+            }] | [OutputItem::Wildcard { .. }]
+        );
+        Ok(Traced {
+            sources,
+            transformed,
+        })
+    }
+
     fn select(&mut self, select: &Select, order_by: Option<&OrderBy>) -> Res<Vec<OutputItem>> {
         if !select.lateral_views.is_empty() {
             return unknown("LATERAL VIEW");
@@ -755,13 +981,9 @@ impl Tracer<'_> {
             return unknown("named WINDOW clause");
         }
         let mut frame = Frame::default();
-        let mut conditions: Vec<&Expr> = Vec::new();
+        let mut conditions = Vec::new();
         for from in &select.from {
-            self.add_relation(&from.relation, &mut frame.rels, &mut conditions)?;
-            for join in &from.joins {
-                self.add_relation(&join.relation, &mut frame.rels, &mut conditions)?;
-                join_conditions(&join.join_operator, &mut conditions)?;
-            }
+            self.add_joined(from, &mut frame.rels, &mut conditions)?;
         }
         self.frames.push(frame);
         let result = self.select_in_frame(select, order_by, &conditions);
@@ -773,7 +995,7 @@ impl Tracer<'_> {
         &mut self,
         select: &Select,
         order_by: Option<&OrderBy>,
-        conditions: &[&Expr],
+        conditions: &[JoinCondition<'_>],
     ) -> Res<Vec<OutputItem>> {
         let mut items = Vec::new();
         for item in &select.projection {
@@ -830,8 +1052,8 @@ impl Tracer<'_> {
         {
             self.predicate(expr)?;
         }
-        for expr in conditions {
-            self.predicate(expr)?;
+        for condition in conditions {
+            self.join_condition(condition)?;
         }
         if let Some(Distinct::On(exprs)) = &select.distinct {
             for expr in exprs {
@@ -899,11 +1121,33 @@ impl Tracer<'_> {
         Ok(found)
     }
 
+    /// Adds a relation and its joins to `rels`, and their join conditions to `conditions`.
+    fn add_joined<'a>(
+        &mut self,
+        from: &'a TableWithJoins,
+        rels: &mut Vec<Rel>,
+        conditions: &mut Vec<JoinCondition<'a>>,
+    ) -> Res<()> {
+        let start = rels.len();
+        self.add_relation(&from.relation, rels, conditions)?;
+        for join in &from.joins {
+            let right = rels.len();
+            self.add_relation(&join.relation, rels, conditions)?;
+            join_conditions(
+                &join.join_operator,
+                start..right,
+                right..rels.len(),
+                conditions,
+            )?;
+        }
+        Ok(())
+    }
+
     fn add_relation<'a>(
         &mut self,
         factor: &'a TableFactor,
         rels: &mut Vec<Rel>,
-        conditions: &mut Vec<&'a Expr>,
+        conditions: &mut Vec<JoinCondition<'a>>,
     ) -> Res<()> {
         match factor {
             TableFactor::Table {
@@ -981,12 +1225,7 @@ impl Tracer<'_> {
                 if alias.is_some() {
                     return unknown("alias on a parenthesised join");
                 }
-                self.add_relation(&table_with_joins.relation, rels, conditions)?;
-                for join in &table_with_joins.joins {
-                    self.add_relation(&join.relation, rels, conditions)?;
-                    join_conditions(&join.join_operator, conditions)?;
-                }
-                Ok(())
+                self.add_joined(table_with_joins, rels, conditions)
             }
             TableFactor::Pivot { .. } => unknown("PIVOT"),
             TableFactor::Unpivot { .. } | TableFactor::UnpivotExpr { .. } => unknown("UNPIVOT"),
@@ -1162,8 +1401,13 @@ fn combine(left: Vec<OutputItem>, right: Vec<OutputItem>) -> Res<Vec<OutputItem>
         .collect()
 }
 
-/// Records the join condition of `op` (minus bare equi-join comparisons).
-fn join_conditions<'a>(op: &'a JoinOperator, out: &mut Vec<&'a Expr>) -> Res<()> {
+/// Records the join condition of `op`, a join of relations `right` to relations `left`.
+fn join_conditions<'a>(
+    op: &'a JoinOperator,
+    left: Range<usize>,
+    right: Range<usize>,
+    out: &mut Vec<JoinCondition<'a>>,
+) -> Res<()> {
     let constraint = match op {
         JoinOperator::Join(c)
         | JoinOperator::Inner(c)
@@ -1184,14 +1428,26 @@ fn join_conditions<'a>(op: &'a JoinOperator, out: &mut Vec<&'a Expr>) -> Res<()>
             match_condition,
             constraint,
         } => {
-            non_equi_conjuncts(match_condition, out);
+            out.push(JoinCondition::On(match_condition));
             constraint
         }
         JoinOperator::CrossApply | JoinOperator::OuterApply => return unknown("APPLY join"),
         _ => return unknown("unsupported join"),
     };
-    if let JoinConstraint::On(expr) = constraint {
-        non_equi_conjuncts(expr, out);
+    match constraint {
+        JoinConstraint::On(expr) => out.push(JoinCondition::On(expr)),
+        JoinConstraint::Using(names) | JoinConstraint::UsingAlias(names, _) => {
+            let names = names
+                .iter()
+                .map(|name| match name.0.as_slice() {
+                    [ObjectNamePart::Identifier(ident)] => Ok(fold(ident)),
+                    _ => unknown("qualified or dynamic USING column"),
+                })
+                .collect::<Res<_>>()?;
+            out.push(JoinCondition::Using { left, right, names });
+        }
+        JoinConstraint::Natural => out.push(JoinCondition::Natural { left, right }),
+        JoinConstraint::None => {}
     }
     Ok(())
 }
@@ -1355,11 +1611,30 @@ mod tests {
 
     #[test]
     fn equi_join_conjuncts_are_dropped() {
+        // Dropped from the plain predicates: bare `a = b` comparisons of two column references
+        // are set apart, and only dropped when lineage shows both sides are table columns.
         let e = expr("(a.x = b.x) AND a.y = b.y AND (a.z > 1 OR a.w = b.w) AND UPPER(a.v) = b.v");
-        let mut out = Vec::new();
-        non_equi_conjuncts(&e, &mut out);
+        let (mut equi, mut out) = (Vec::new(), Vec::new());
+        split_join_condition(&e, &mut equi, &mut out);
         let shown: Vec<String> = out.iter().map(ToString::to_string).collect();
         assert_eq!(shown, ["a.z > 1 OR a.w = b.w", "UPPER(a.v) = b.v"]);
+        let pairs: Vec<String> = equi.iter().map(|(l, r)| format!("{l} = {r}")).collect();
+        assert_eq!(pairs, ["a.x = b.x", "a.y = b.y"]);
+    }
+
+    #[test]
+    fn comparison_operands_cover_every_comparison() {
+        let n = |text: &str| comparison_operands(&expr(text)).map(|o| o.len());
+        assert_eq!(n("a.x = 'k'"), Some(2));
+        assert_eq!(n("(a.x >= b.y)"), Some(2));
+        assert_eq!(n("a.x IS NOT DISTINCT FROM b.y"), Some(2));
+        assert_eq!(n("a.x LIKE 'k%'"), Some(2));
+        assert_eq!(n("a.x BETWEEN 'a' AND 'b'"), Some(3));
+        assert_eq!(n("a.x IN ('a', 'b', 'c')"), Some(4));
+        assert_eq!(n("a.x IN (SELECT 'a')"), Some(2));
+        assert_eq!(n("a.x = ANY (SELECT 'a')"), Some(2));
+        assert_eq!(n("a.x = 'k' OR a.y = 'j'"), None);
+        assert_eq!(n("UPPER(a.x)"), None);
     }
 
     #[test]
