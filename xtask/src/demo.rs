@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use serde_json::Value;
-use tollgate_e2e::snowflake::{run_node, run_python, AgentEnv, Standin, StandinOpts, Statement};
+use tollgate_e2e::snowflake::{
+    run_attack, run_node, run_python, AgentEnv, Standin, StandinOpts, Statement,
+};
 use tollgate_e2e::{Cgroup, Scratch, TestHost, Tollgate, TollgateOpts};
 
 fn step(s: &str) {
@@ -189,6 +191,67 @@ pub fn demo(root: &Path) -> Result<()> {
             .collect::<Vec<_>>(),
     )?;
     show(&out, &node_sqls);
+
+    step("The ways around the gate, tried from inside the agents cgroup: each one closed");
+    let outside = top.child("outside")?;
+    let attack = |name: &str, args: &[String]| -> Result<Value> {
+        let lines = run_attack(&agents.path, &env(), name, args)?;
+        lines
+            .into_iter()
+            .last()
+            .ok_or_else(|| anyhow::anyhow!("the {name} attack printed nothing"))
+    };
+    let fronted = attack("fronting", &["--sni".into(), "cdn.example.net".into()])?;
+    println!(
+        "   TLS to Snowflake's address with SNI cdn.example.net: ok={} ({})",
+        fronted["ok"],
+        fronted["error"]
+            .as_str()
+            .unwrap_or("connection closed by Tollgate")
+    );
+    let oracle = run_python(
+        &agents.path,
+        env(),
+        &[Statement::sql(
+            "SELECT a.ID FROM PATIENTS a JOIN (SELECT '900-00-0002' AS s) b ON a.SSN = b.s",
+        )],
+    )?;
+    println!(
+        "   a join against a literal as an SSN oracle: {}",
+        oracle[0]["message"].as_str().unwrap_or("?")
+    );
+    let leak = run_attack(
+        &outside.path,
+        &standin.agent_env(&scratch),
+        "leak_chunks",
+        &[],
+    )?;
+    if let Some(url) = leak
+        .first()
+        .and_then(|l| l["chunks"][0]["url"].as_str())
+        .map(str::to_owned)
+    {
+        let fetched = attack("fetch", &["--url".into(), url])?;
+        println!(
+            "   a pre-signed chunk URL leaked from outside, fetched from the storage host: {}",
+            fetched["error"]
+                .as_str()
+                .or(fetched["status"].as_str())
+                .unwrap_or("?")
+        );
+    }
+    for r in tollgate
+        .records()
+        .iter()
+        .filter(|r| r["decision"] == "block")
+    {
+        println!(
+            "   record: block sni={} ({})",
+            r["sni"].as_str().unwrap_or("-"),
+            r["close_reason"].as_str().unwrap_or("?")
+        );
+    }
+    drop(outside);
 
     step("Audit trail: every step spooled (fsync) before it proceeded, hash-chained, shipped to ClickHouse");
     let state = tollgate.state_dir.display().to_string();

@@ -248,6 +248,7 @@ impl Standin {
             session_params: vec![],
             timeout: Duration::from_secs(90),
             tap: None,
+            extra_env: vec![],
         }
     }
 }
@@ -292,6 +293,9 @@ pub struct AgentEnv {
     /// `tests/drivers/tap/tap.js` (Node, through `NODE_OPTIONS=--require`). None: no tap, and
     /// neither variable is set.
     pub tap: Option<PathBuf>,
+    /// More environment for the agent process (e.g. `HTTPS_PROXY`), as an installer or the
+    /// agent's own configuration would set it.
+    pub extra_env: Vec<(String, String)>,
 }
 
 /// One statement for an agent.
@@ -353,6 +357,31 @@ pub fn run_node(cgroup: &Path, env: AgentEnv, statements: &[Statement]) -> Resul
     run_agent(cgroup, &env, statements, &node_bin(), &agent, "node")
 }
 
+/// The attacker's script (`tests/drivers/python/attacker.py`), run like the Python agent
+/// (same environment, trust, /etc/hosts and cgroup) with `--attack NAME` and `args`.
+pub fn attack_command(
+    cgroup: &Path,
+    env: &AgentEnv,
+    attack: &str,
+    args: &[String],
+) -> Result<(Command, PathBuf)> {
+    let script = drivers_dir().join("python/attacker.py");
+    let mut extra = vec!["--attack".to_string(), attack.to_string()];
+    extra.extend(args.iter().cloned());
+    agent_command(cgroup, env, &[], &python_bin(), &script, "python", &extra)
+}
+
+/// Runs an attack to its end; its JSON lines (stdout).
+pub fn run_attack(
+    cgroup: &Path,
+    env: &AgentEnv,
+    attack: &str,
+    args: &[String],
+) -> Result<Vec<Value>> {
+    let (cmd, stderr) = attack_command(cgroup, env, attack, args)?;
+    wait_agent(cmd, &stderr, env.timeout, "attacker")
+}
+
 fn run_agent(
     cgroup: &Path,
     env: &AgentEnv,
@@ -361,6 +390,21 @@ fn run_agent(
     agent: &Path,
     kind: &str,
 ) -> Result<Vec<Value>> {
+    let (cmd, stderr) = agent_command(cgroup, env, statements, interpreter, agent, kind, &[])?;
+    wait_agent(cmd, &stderr, env.timeout, kind)
+}
+
+/// The command that runs `agent` as an unmodified agent would run: in `cgroup`, with a clean
+/// environment, its trust bundle and a private /etc/hosts. Returns it with its stderr file.
+fn agent_command(
+    cgroup: &Path,
+    env: &AgentEnv,
+    statements: &[Statement],
+    interpreter: &Path,
+    agent: &Path,
+    kind: &str,
+    extra_args: &[String],
+) -> Result<(Command, PathBuf)> {
     fs::create_dir_all(env.dir.join("home"))?;
     let hosts = env.dir.join("hosts");
     let mut h = String::from("127.0.0.1 localhost\n::1 localhost\n");
@@ -414,6 +458,7 @@ fn run_agent(
     if env.concurrent {
         cmd.arg("--concurrent");
     }
+    cmd.args(extra_args);
     cmd.env_clear()
         .env(
             "PATH",
@@ -433,11 +478,26 @@ fn run_agent(
             cmd.env(k, v);
         }
     }
-    let stderr_path = env.dir.join(format!("{kind}-agent.stderr"));
+    for (k, v) in &env.extra_env {
+        cmd.env(k, v);
+    }
+    let stderr_path = env
+        .dir
+        .join(format!("{kind}-agent-{}.stderr", crate::unique_tag()));
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(fs::File::create(&stderr_path)?);
     place_in_cgroup(cgroup, &mut cmd);
+    Ok((cmd, stderr_path))
+}
+
+/// Runs an agent command to its end (killed after `timeout`); its JSON lines.
+fn wait_agent(
+    mut cmd: Command,
+    stderr_path: &Path,
+    timeout: Duration,
+    kind: &str,
+) -> Result<Vec<Value>> {
     let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
     let mut out = child.stdout.take().expect("piped stdout");
     let reader = std::thread::spawn(move || {
@@ -445,7 +505,7 @@ fn run_agent(
         let _ = std::io::Read::read_to_string(&mut out, &mut s);
         s
     });
-    let deadline = Instant::now() + env.timeout;
+    let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(s) = child.try_wait()? {
             break s;
@@ -454,9 +514,8 @@ fn run_agent(
             let _ = child.kill();
             let _ = child.wait();
             bail!(
-                "{kind} agent timed out after {:?}; stderr:\n{}",
-                env.timeout,
-                fs::read_to_string(&stderr_path).unwrap_or_default()
+                "{kind} agent timed out after {timeout:?}; stderr:\n{}",
+                fs::read_to_string(stderr_path).unwrap_or_default()
             );
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -469,7 +528,7 @@ fn run_agent(
     if !status.success() && lines.is_empty() {
         bail!(
             "{kind} agent failed ({status}); stderr:\n{}",
-            fs::read_to_string(&stderr_path).unwrap_or_default()
+            fs::read_to_string(stderr_path).unwrap_or_default()
         );
     }
     Ok(lines)

@@ -495,7 +495,12 @@ fn bad_input_is_closed_with_a_reason_while_others_carry_on() -> Result<()> {
     let size_s = size.to_string();
     let _server = w.serve("stream", &[w.host.v4(443)], &["--send-bytes", &size_s])?;
     let cfg = w.scratch.join("tollgate.yaml");
-    std::fs::write(&cfg, "version: 1\nlimits:\n  peek_timeout_ms: 1500\n")?;
+    // Other protocols blocked: non-TLS bytes and silence are bad input here, not a protocol
+    // to pass through (`intercept.other_protocols: passthrough` is the default).
+    std::fs::write(
+        &cfg,
+        "version: 1\nlimits:\n  peek_timeout_ms: 1500\nintercept:\n  other_protocols: block\n",
+    )?;
     let tg = w.tollgate(TollgateOpts {
         extra: vec!["--config".into(), cfg.display().to_string()],
         ..TollgateOpts::default()

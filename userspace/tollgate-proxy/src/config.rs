@@ -23,6 +23,13 @@ pub struct ProxyConfig {
     /// there that is not for an intercepted name is blocked. Addresses of intercepted names
     /// are learned on top. Default none.
     pub snowflake_ranges: Vec<ipnet::IpNet>,
+    /// What happens to connections that are not TLS (plain HTTP, other protocols, silent
+    /// server-first clients) and not for Snowflake: passed through or blocked. Tunnels (HTTP
+    /// CONNECT, SOCKS) are always opened and judged by what they carry. Default `Block`.
+    pub other_protocols: crate::gate::GateAction,
+    /// How long a client may stay silent before it is taken for a server-first protocol
+    /// (only when `other_protocols` passes through; bounded by `peek_timeout`). Default 1 s.
+    pub server_first_after: Duration,
     /// Connections served at once; further clients wait in the accept backlog. Default 4096.
     pub max_connections: usize,
     /// Longest wait for a complete ClientHello; expiry closes the connection
@@ -56,6 +63,8 @@ impl Default for ProxyConfig {
             ],
             gate: SniGate::default(),
             snowflake_ranges: Vec::new(),
+            other_protocols: crate::gate::GateAction::Block,
+            server_first_after: Duration::from_secs(1),
             max_connections: 4096,
             peek_timeout: Duration::from_secs(5),
             max_client_hello_len: tollgate_wire::DEFAULT_MAX_CLIENT_HELLO_LEN,

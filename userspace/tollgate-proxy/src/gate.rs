@@ -401,6 +401,14 @@ impl SniGate {
         )
     }
 
+    /// Whether a certificate name (possibly a wildcard) could belong to a Snowflake or
+    /// storage host.
+    pub fn certificate_is_guarded(&self, name: &str) -> bool {
+        self.rules
+            .iter()
+            .any(|(p, _, class)| *class != NameClass::Listed && p.overlaps_certificate_name(name))
+    }
+
     /// The decision for a connection. Anything that would be passed through needs the
     /// destination's certificate first ([`GateVerdict::NeedCertificate`]).
     pub fn decide(&self, q: &GateQuery<'_>) -> GateVerdict {
@@ -434,11 +442,10 @@ impl SniGate {
             ),
             Some(Ok(cert)) => {
                 let honest = q.sni.is_some_and(|sni| cert.covers(sni));
-                let guarded = cert.names.iter().find(|name| {
-                    self.rules.iter().any(|(p, _, class)| {
-                        *class != NameClass::Listed && p.overlaps_certificate_name(name)
-                    })
-                });
+                let guarded = cert
+                    .names
+                    .iter()
+                    .find(|name| self.certificate_is_guarded(name));
                 match guarded {
                     Some(name) if !honest => Decided(
                         GateAction::Block,

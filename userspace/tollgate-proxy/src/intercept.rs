@@ -32,13 +32,15 @@ use crate::hooks::{
 };
 use crate::peek::PrefixedIo;
 use crate::server::{signalled, ConnState};
-use crate::upstream::{self, UpstreamFailure, UpstreamTls};
+use crate::upstream::{Route, UpstreamFailure, UpstreamTls};
 
 /// Everything an intercepted connection needs besides its socket.
 pub(crate) struct InterceptEnv {
     pub(crate) acceptor: TlsAcceptor,
     pub(crate) handshake_timeout: Duration,
     pub(crate) upstream_tls: UpstreamTls,
+    /// How the upstream is reached (directly, or through the client's tunnel).
+    pub(crate) route: Route,
     pub(crate) mark: Option<u32>,
     pub(crate) connect_timeout: Duration,
     pub(crate) hooks: Arc<dyn ExchangeHooks>,
@@ -75,6 +77,7 @@ pub(crate) async fn run(
         ctx,
         hooks: env.hooks,
         upstream_tls: env.upstream_tls,
+        route: env.route,
         mark: env.mark,
         connect_timeout: env.connect_timeout,
         state: state.clone(),
@@ -132,6 +135,7 @@ struct Relay {
     ctx: ConnectionContext,
     hooks: Arc<dyn ExchangeHooks>,
     upstream_tls: UpstreamTls,
+    route: Route,
     mark: Option<u32>,
     connect_timeout: Duration,
     state: Arc<ConnState>,
@@ -201,7 +205,7 @@ impl Relay {
     }
 
     async fn connect(&self) -> Result<UpstreamSender, UpstreamFailure> {
-        let tcp = upstream::connect(self.ctx.original_dst, self.mark, self.connect_timeout).await?;
+        let tcp = self.route.connect(self.mark, self.connect_timeout).await?;
         let tls = tokio::time::timeout(
             self.connect_timeout,
             self.upstream_tls.handshake(tcp, &self.ctx.sni),

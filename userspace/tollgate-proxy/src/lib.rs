@@ -23,6 +23,7 @@ pub mod audit;
 pub mod ca;
 pub mod config;
 mod counting;
+mod dispatch;
 pub mod gate;
 pub mod hooks;
 pub mod identity;
@@ -51,4 +52,4 @@ pub use hooks::{
 pub use identity::{KernelRedirectsOnly, ProcFs, ProcessIdentity, Redirects};
 pub use record::{ConnectionRecord, Decision, RecordSink, RecordSinkError};
 pub use server::{BoundProxy, Proxy, ProxyError, ProxyStats};
-pub use upstream::{UpstreamTls, UpstreamTlsError};
+pub use upstream::{Route, TunnelKind, UpstreamTls, UpstreamTlsError};

@@ -1,7 +1,6 @@
 //! Pass-through: the peeked bytes and everything after them, relayed unchanged to the
 //! original destination, both directions, with half-close propagated.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +8,7 @@ use tokio::net::TcpStream;
 
 use crate::counting::{ByteCounters, CountingIo};
 use crate::peek::PrefixedIo;
-use crate::upstream;
+use crate::upstream::Route;
 
 /// Splice buffer per direction: large enough for bulk transfers, small enough for many
 /// concurrent connections.
@@ -18,12 +17,12 @@ const SPLICE_BUFFER: usize = 64 * 1024;
 /// Relays until both directions are closed; returns the close reason.
 pub(crate) async fn run(
     client: PrefixedIo<TcpStream>,
-    original_dst: SocketAddr,
+    route: &Route,
     mark: Option<u32>,
     connect_timeout: Duration,
     counters: Arc<ByteCounters>,
 ) -> String {
-    let mut upstream = match upstream::connect(original_dst, mark, connect_timeout).await {
+    let mut upstream = match route.connect(mark, connect_timeout).await {
         Ok(stream) => stream,
         Err(failure) => return failure.to_string(),
     };

@@ -38,6 +38,20 @@ pub enum PeekError {
 /// Reads from `io` until a complete ClientHello has arrived (or a verdict is final), at most
 /// `timeout` in total, and returns it with an I/O object that replays every byte read.
 pub async fn peek_client_hello<T>(
+    io: T,
+    timeout: Duration,
+    max_len: usize,
+) -> Result<(ClientHello, PrefixedIo<T>), PeekError>
+where
+    T: AsyncRead + Unpin,
+{
+    peek_client_hello_after(BytesMut::with_capacity(1024), io, timeout, max_len).await
+}
+
+/// [`peek_client_hello`] for a stream whose first bytes were already read into `buf` (by the
+/// protocol sniffer, or after a tunnel handshake); they are replayed too.
+pub async fn peek_client_hello_after<T>(
+    mut buf: BytesMut,
     mut io: T,
     timeout: Duration,
     max_len: usize,
@@ -45,7 +59,6 @@ pub async fn peek_client_hello<T>(
 where
     T: AsyncRead + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(1024);
     let read = async {
         loop {
             match parse_client_hello_with_limit(&buf, max_len) {

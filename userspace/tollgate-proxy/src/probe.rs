@@ -5,10 +5,10 @@
 //! The probe opens its own (marked) connection, sends a ClientHello with the client's SNI,
 //! reads the certificate and aborts the handshake: its verifier records the certificate and
 //! **always refuses it**, so no data ever flows on a probe connection and nothing is trusted.
-//! Results are cached per (destination, SNI) for [`PROBE_TTL`].
+//! Results are cached per (route, SNI) for [`PROBE_TTL`]. Through a tunnel the probe goes the
+//! same way the client's connection would.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
 use crate::gate::DestinationCertificate;
-use crate::upstream;
+use crate::upstream::Route;
 
 /// How long a probe's answer is reused for the same destination and SNI.
 pub const PROBE_TTL: Duration = Duration::from_secs(600);
@@ -29,7 +29,7 @@ const MAX_CACHED: usize = 16_384;
 
 type ProbeResult = Result<DestinationCertificate, String>;
 /// Cached answers by (destination, SNI), with the time they were probed.
-type ProbeCache = HashMap<(SocketAddr, Option<String>), (ProbeResult, Instant)>;
+type ProbeCache = HashMap<(Route, Option<String>), (ProbeResult, Instant)>;
 
 /// Probes destinations' certificates, with a cache.
 #[derive(Debug)]
@@ -58,14 +58,14 @@ impl Prober {
     }
 
     /// The certificate `dst` presents for `sni`; `Err` says why none could be read.
-    pub(crate) async fn certificate(&self, dst: SocketAddr, sni: Option<&str>) -> ProbeResult {
-        let key = (dst, sni.map(str::to_owned));
+    pub(crate) async fn certificate(&self, route: &Route, sni: Option<&str>) -> ProbeResult {
+        let key = (route.clone(), sni.map(str::to_owned));
         if let Some((result, at)) = self.lock().get(&key) {
             if at.elapsed() < PROBE_TTL {
                 return result.clone();
             }
         }
-        let result = self.probe(dst, sni).await;
+        let result = self.probe(route, sni).await;
         let mut cache = self.lock();
         if cache.len() >= MAX_CACHED {
             cache.clear();
@@ -78,10 +78,12 @@ impl Prober {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn probe(&self, dst: SocketAddr, sni: Option<&str>) -> ProbeResult {
-        let tcp = upstream::connect(dst, self.mark, self.timeout)
+    async fn probe(&self, route: &Route, sni: Option<&str>) -> ProbeResult {
+        let tcp = route
+            .connect(self.mark, self.timeout)
             .await
             .map_err(|e| e.to_string())?;
+        let dst = route.first_hop();
         // Without an SNI, rustls sends none when the server name is an IP address.
         let name = match sni {
             Some(host) => ServerName::try_from(host.to_owned())

@@ -24,7 +24,7 @@ use crate::identity::ProcessIdentity;
 const SINK_CAPACITY: usize = 16 * 1024;
 
 /// What the proxy did with a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     /// TLS terminated and HTTP relayed.
@@ -33,7 +33,8 @@ pub enum Decision {
     Passthrough,
     /// Closed by the SNI gate.
     Block,
-    /// Closed before a gate decision (not TLS, no original destination, loop, timeout…).
+    /// Closed before a gate decision (no original destination, loop, timeout, malformed…).
+    #[default]
     Reject,
 }
 
@@ -52,6 +53,12 @@ pub struct ConnectionRecord {
     pub process: Option<ProcessIdentity>,
     /// Where the client meant to connect.
     pub original_dst: Option<SocketAddr>,
+    /// What the client spoke first: `tls`, `http`, `http_connect`, `socks5`, `socks4`,
+    /// `server_first` (silent), `other`; `None` before a byte was read.
+    pub protocol: Option<String>,
+    /// The tunnel the client opened through a proxy and Tollgate judged (`http_connect
+    /// acct.snowflakecomputing.com:443`), if any.
+    pub tunnel: Option<String>,
     /// SNI from the ClientHello.
     pub sni: Option<String>,
     /// ALPN protocols offered by the client.

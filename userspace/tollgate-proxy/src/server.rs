@@ -20,14 +20,13 @@ use crate::ca::{CertificateAuthority, LeafResolver};
 use crate::config::ProxyConfig;
 use crate::counting::ByteCounters;
 use crate::gate::{GateAction, GateQuery, GateReason, GateVerdict, SnowflakeAddresses};
-use crate::hooks::{ConnectionContext, ExchangeHooks};
+use crate::hooks::ExchangeHooks;
 use crate::identity::{ProcFs, ProcessIdentity, Redirects};
-use crate::intercept::{self, InterceptEnv};
-use crate::peek::{peek_client_hello, PeekError};
+use crate::listener;
 use crate::probe::Prober;
 use crate::record::{rfc3339_micros, ConnectionRecord, Decision, RecordSink};
+use crate::upstream::Route;
 use crate::upstream::UpstreamTls;
-use crate::{listener, passthrough};
 
 /// Failures starting or running the proxy.
 #[derive(Debug, thiserror::Error)]
@@ -78,13 +77,16 @@ struct StatCounters {
 }
 
 /// The parts of a record filled in as a connection progresses.
-struct Draft {
+#[derive(Default)]
+pub(crate) struct Draft {
     process: Option<ProcessIdentity>,
     original_dst: Option<SocketAddr>,
-    sni: Option<String>,
-    alpn: Vec<String>,
+    pub(crate) protocol: Option<&'static str>,
+    pub(crate) tunnel: Option<String>,
+    pub(crate) sni: Option<String>,
+    pub(crate) alpn: Vec<String>,
     negotiated_alpn: Option<String>,
-    decision: Decision,
+    pub(crate) decision: Decision,
 }
 
 /// Per-connection state shared by the data path and the record.
@@ -103,18 +105,11 @@ impl ConnState {
             requests: AtomicU64::new(0),
             upstream_verified: AtomicBool::new(false),
             upstream_failure: Mutex::new(None),
-            draft: Mutex::new(Draft {
-                process: None,
-                original_dst: None,
-                sni: None,
-                alpn: Vec::new(),
-                negotiated_alpn: None,
-                decision: Decision::Reject,
-            }),
+            draft: Mutex::new(Draft::default()),
         }
     }
 
-    fn draft(&self) -> std::sync::MutexGuard<'_, Draft> {
+    pub(crate) fn draft(&self) -> std::sync::MutexGuard<'_, Draft> {
         self.draft.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -139,17 +134,17 @@ impl ConnState {
     }
 }
 
-struct Shared {
-    config: ProxyConfig,
-    upstream: UpstreamTls,
+pub(crate) struct Shared {
+    pub(crate) config: ProxyConfig,
+    pub(crate) upstream: UpstreamTls,
     redirects: Arc<dyn Redirects>,
     records: RecordSink,
-    hooks: Arc<dyn ExchangeHooks>,
-    acceptor: TlsAcceptor,
+    pub(crate) hooks: Arc<dyn ExchangeHooks>,
+    pub(crate) acceptor: TlsAcceptor,
     procfs: ProcFs,
     /// Where Snowflake names live (configured ranges, learned, resolved).
-    snowflake_addresses: Mutex<SnowflakeAddresses>,
-    prober: Prober,
+    pub(crate) snowflake_addresses: Mutex<SnowflakeAddresses>,
+    pub(crate) prober: Prober,
     id_prefix: String,
     next_id: AtomicU64,
 }
@@ -372,17 +367,7 @@ async fn serve_connection(
         }
     };
 
-    let draft = std::mem::replace(
-        &mut *state.draft(),
-        Draft {
-            process: None,
-            original_dst: None,
-            sni: None,
-            alpn: Vec::new(),
-            negotiated_alpn: None,
-            decision: Decision::Reject,
-        },
-    );
+    let draft = std::mem::take(&mut *state.draft());
     let counter = match draft.decision {
         Decision::Intercept => &stats.intercepted,
         Decision::Passthrough => &stats.passed_through,
@@ -397,6 +382,8 @@ async fn serve_connection(
         listener,
         process: draft.process,
         original_dst: draft.original_dst,
+        protocol: draft.protocol.map(str::to_owned),
+        tunnel: draft.tunnel,
         sni: draft.sni,
         alpn: draft.alpn,
         negotiated_alpn: draft.negotiated_alpn,
@@ -466,96 +453,28 @@ async fn pipeline(
         return "loop_detected".into();
     }
 
-    let (hello, io) =
-        match peek_client_hello(stream, config.peek_timeout, config.max_client_hello_len).await {
-            Ok(peeked) => peeked,
-            Err(PeekError::Timeout(_)) => return "peek_timeout".into(),
-            Err(PeekError::Eof { read: 0 }) => return "eof".into(),
-            Err(PeekError::NotTls) => return "not_tls".into(),
-            Err(e @ PeekError::Eof { .. }) => return format!("malformed_client_hello: {e}"),
-            Err(PeekError::Malformed(reason)) => {
-                return format!("malformed_client_hello: {reason}")
-            }
-            Err(e) => return format!("client_io: {e}"),
-        };
-    let (action, reason) = shared.gate(hello.sni.as_deref(), original_dst).await;
-    {
-        let mut draft = state.draft();
-        draft.sni = hello.sni.clone();
-        draft.alpn = hello
-            .alpn
-            .iter()
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .collect();
-        draft.decision = match action {
-            GateAction::Intercept => Decision::Intercept,
-            GateAction::Passthrough => Decision::Passthrough,
-            GateAction::Block => Decision::Block,
-        };
+    crate::dispatch::Conn {
+        shared,
+        id,
+        client,
+        original_dst,
+        process,
+        state,
+        drain,
     }
-
-    match action {
-        GateAction::Block => {
-            tracing::info!(%id, %client, %original_dst, sni = ?hello.sni, %reason, "connection blocked");
-            format!("blocked_by_policy: {reason}")
-        }
-        GateAction::Passthrough => {
-            passthrough::run(
-                io,
-                original_dst,
-                config.upstream_mark,
-                config.upstream_connect_timeout,
-                state.counters.clone(),
-            )
-            .await
-        }
-        GateAction::Intercept => {
-            let Some(sni) = hello.sni else {
-                // The gate never intercepts without SNI; refuse rather than guess a name.
-                return "blocked_by_policy".into();
-            };
-            let ctx = ConnectionContext {
-                id: id.to_string(),
-                client,
-                original_dst,
-                sni,
-                process: process.map(Arc::new),
-                client_version: http::Version::HTTP_11,
-            };
-            if let Err(why) = shared.hooks.connection_opened(&ctx).await {
-                tracing::error!(%id, %client, error = %why, "intercepted connection closed: it cannot be audited");
-                return format!("audit_unavailable: {why}");
-            }
-            let env = InterceptEnv {
-                acceptor: shared.acceptor.clone(),
-                handshake_timeout: config.client_handshake_timeout,
-                upstream_tls: shared.upstream.clone(),
-                mark: config.upstream_mark,
-                connect_timeout: config.upstream_connect_timeout,
-                hooks: shared.hooks.clone(),
-            };
-            let learn = (ctx.sni.clone(), original_dst);
-            let reason = intercept::run(io, ctx, env, state.clone(), drain).await;
-            if state.upstream_verified.load(Ordering::Relaxed) {
-                // The real Snowflake server answered there: other names to this address are
-                // now fronting.
-                shared.learn_snowflake(&learn.0, learn.1);
-            }
-            reason
-        }
-    }
+    .serve(stream)
+    .await
 }
 
 impl Shared {
-    /// The gate's decision for TLS to `dst` asking for `sni`, probing the destination's
+    /// The gate's decision for TLS over `route` asking for `sni`, probing the destination's
     /// certificate when the connection would otherwise be passed through.
-    async fn gate(&self, sni: Option<&str>, dst: SocketAddr) -> (GateAction, GateReason) {
-        let snowflake_address = self
-            .snowflake_addresses
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .lookup(dst.ip(), Instant::now())
-            .is_some();
+    pub(crate) async fn gate(
+        &self,
+        sni: Option<&str>,
+        route: &Route,
+        snowflake_address: bool,
+    ) -> (GateAction, GateReason) {
         let mut query = GateQuery {
             sni,
             snowflake_address,
@@ -564,7 +483,7 @@ impl Shared {
         match self.config.gate.decide(&query) {
             GateVerdict::Decided(action, reason) => (action, reason),
             GateVerdict::NeedCertificate => {
-                let probed = self.prober.certificate(dst, sni).await;
+                let probed = self.prober.certificate(route, sni).await;
                 query.certificate = Some(probed.as_ref().map_err(String::as_str));
                 match self.config.gate.decide(&query) {
                     GateVerdict::Decided(action, reason) => (action, reason),
@@ -580,7 +499,7 @@ impl Shared {
     }
 
     /// Remembers that the Snowflake name `sni` lives at `dst`.
-    fn learn_snowflake(&self, sni: &str, dst: SocketAddr) {
+    pub(crate) fn learn_snowflake(&self, sni: &str, dst: SocketAddr) {
         self.snowflake_addresses
             .lock()
             .unwrap_or_else(|p| p.into_inner())

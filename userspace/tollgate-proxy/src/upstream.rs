@@ -198,3 +198,192 @@ pub(crate) async fn connect(
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
+
+/// How Tollgate reaches the server a client meant: directly, or through the proxy the client
+/// was tunnelling through (HTTP CONNECT, SOCKS5, SOCKS4a), so an egress proxy a host relies on
+/// keeps working and sees the same tunnel it would have seen.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// A TCP connection to the original destination.
+    Direct(SocketAddr),
+    /// A tunnel through the proxy at `via` to `target`.
+    Tunnel {
+        /// The proxy (the client's original destination).
+        via: SocketAddr,
+        /// The tunnel protocol.
+        kind: TunnelKind,
+        /// Where the tunnel goes.
+        target: tollgate_wire::tunnel::TunnelTarget,
+    },
+}
+
+/// A tunnel protocol the gate understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TunnelKind {
+    /// `CONNECT host:port HTTP/1.1`.
+    HttpConnect,
+    /// SOCKS5 `CONNECT` (RFC 1928), no authentication.
+    Socks5,
+    /// SOCKS4 / 4a `CONNECT`.
+    Socks4,
+}
+
+impl TunnelKind {
+    /// A short stable name for records and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            TunnelKind::HttpConnect => "http_connect",
+            TunnelKind::Socks5 => "socks5",
+            TunnelKind::Socks4 => "socks4",
+        }
+    }
+}
+
+/// Longest tunnel reply head accepted from a proxy.
+const MAX_PROXY_REPLY: usize = 16 * 1024;
+
+impl Route {
+    /// The first hop: the address Tollgate connects to.
+    pub fn first_hop(&self) -> SocketAddr {
+        match self {
+            Route::Direct(addr) | Route::Tunnel { via: addr, .. } => *addr,
+        }
+    }
+
+    /// The tunnel's target, if this is a tunnel.
+    pub fn target(&self) -> Option<&tollgate_wire::tunnel::TunnelTarget> {
+        match self {
+            Route::Direct(_) => None,
+            Route::Tunnel { target, .. } => Some(target),
+        }
+    }
+
+    /// Opens the route: TCP to the first hop (marked), then the tunnel handshake if any.
+    pub(crate) async fn connect(
+        &self,
+        mark: Option<u32>,
+        timeout: Duration,
+    ) -> Result<TcpStream, UpstreamFailure> {
+        let mut tcp = connect(self.first_hop(), mark, timeout).await?;
+        if let Route::Tunnel { via, kind, target } = self {
+            tokio::time::timeout(timeout, open_tunnel(&mut tcp, *kind, target))
+                .await
+                .map_err(|_| {
+                    UpstreamFailure::Connect(format!(
+                        "the {} proxy at {via} did not open the tunnel to {target} within {timeout:?}",
+                        kind.name()
+                    ))
+                })?
+                .map_err(|e| {
+                    UpstreamFailure::Connect(format!(
+                        "the {} proxy at {via} refused the tunnel to {target}: {e}",
+                        kind.name()
+                    ))
+                })?;
+        }
+        Ok(tcp)
+    }
+}
+
+/// The client side of a tunnel handshake on `tcp`.
+async fn open_tunnel(
+    tcp: &mut TcpStream,
+    kind: TunnelKind,
+    target: &tollgate_wire::tunnel::TunnelTarget,
+) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tollgate_wire::tunnel::Host;
+    let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+    match kind {
+        TunnelKind::HttpConnect => {
+            tcp.write_all(
+                format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
+            )
+            .await?;
+            // Byte by byte up to the blank line: nothing after the head may be consumed (the
+            // server speaks only after the client's first TLS flight).
+            let mut head = Vec::with_capacity(128);
+            while !head.ends_with(b"\r\n\r\n") {
+                if head.len() >= MAX_PROXY_REPLY {
+                    return Err(bad("reply head too long".into()));
+                }
+                let b = tcp.read_u8().await?;
+                head.push(b);
+            }
+            let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+            let line = String::from_utf8_lossy(line).trim().to_owned();
+            let status = line.split_whitespace().nth(1).unwrap_or("");
+            if !line.starts_with("HTTP/1.") || status != "200" {
+                return Err(bad(format!("answered {line:?}")));
+            }
+        }
+        TunnelKind::Socks5 => {
+            tcp.write_all(&[5, 1, 0]).await?;
+            let mut choice = [0u8; 2];
+            tcp.read_exact(&mut choice).await?;
+            if choice != [5, 0] {
+                return Err(bad(format!(
+                    "no usable authentication method ({choice:02x?})"
+                )));
+            }
+            let mut req = vec![5, 1, 0];
+            match &target.host {
+                Host::Ip(std::net::IpAddr::V4(v4)) => {
+                    req.push(1);
+                    req.extend_from_slice(&v4.octets());
+                }
+                Host::Ip(std::net::IpAddr::V6(v6)) => {
+                    req.push(4);
+                    req.extend_from_slice(&v6.octets());
+                }
+                Host::Name(name) => {
+                    let len = u8::try_from(name.len()).map_err(|_| bad("name too long".into()))?;
+                    req.push(3);
+                    req.push(len);
+                    req.extend_from_slice(name.as_bytes());
+                }
+            }
+            req.extend_from_slice(&target.port.to_be_bytes());
+            tcp.write_all(&req).await?;
+            let mut reply = [0u8; 4];
+            tcp.read_exact(&mut reply).await?;
+            if reply[0] != 5 || reply[1] != 0 {
+                return Err(bad(format!("reply code {:#04x}", reply[1])));
+            }
+            let rest = match reply[3] {
+                1 => 4 + 2,
+                4 => 16 + 2,
+                3 => usize::from(tcp.read_u8().await?) + 2,
+                other => return Err(bad(format!("unknown address type {other}"))),
+            };
+            let mut skip = vec![0u8; rest];
+            tcp.read_exact(&mut skip).await?;
+        }
+        TunnelKind::Socks4 => {
+            let mut req = vec![4, 1];
+            req.extend_from_slice(&target.port.to_be_bytes());
+            match &target.host {
+                Host::Ip(std::net::IpAddr::V4(v4)) => {
+                    req.extend_from_slice(&v4.octets());
+                    req.push(0);
+                }
+                Host::Name(name) => {
+                    // SOCKS4a: 0.0.0.1, then the name after the (empty) user id.
+                    req.extend_from_slice(&[0, 0, 0, 1, 0]);
+                    req.extend_from_slice(name.as_bytes());
+                    req.push(0);
+                }
+                Host::Ip(std::net::IpAddr::V6(_)) => {
+                    return Err(bad("SOCKS4 cannot carry an IPv6 destination".into()))
+                }
+            }
+            tcp.write_all(&req).await?;
+            let mut reply = [0u8; 8];
+            tcp.read_exact(&mut reply).await?;
+            if reply[1] != 0x5a {
+                return Err(bad(format!("reply code {:#04x}", reply[1])));
+            }
+        }
+    }
+    Ok(())
+}

@@ -394,7 +394,9 @@ async fn fail_closed_rejections_leave_other_connections_alone() {
             "{} !~ {reason}",
             record.close_reason
         );
-        let expected = if *reason == "blocked_by_policy" {
+        // Blocked by the gate: an unlisted name, or plain HTTP (other protocols are blocked
+        // by default).
+        let expected = if *reason == "blocked_by_policy" || *reason == "not_tls" {
             Decision::Block
         } else {
             Decision::Reject
@@ -648,5 +650,128 @@ async fn fronting_to_a_snowflake_destination_is_blocked() {
         "{}",
         record.close_reason
     );
+    proxy.shutdown().await;
+}
+
+/// A forward proxy on 127.0.0.1 that answers `CONNECT` (any target) with a tunnel to `to`, and
+/// counts the tunnels it opened.
+async fn connect_proxy(
+    to: std::net::SocketAddr,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tunnels = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = tunnels.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut b = [0u8; 1];
+                    if client.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                assert!(head.starts_with(b"CONNECT "), "{head:?}");
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut upstream = TcpStream::connect(to).await.unwrap();
+                client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (addr, tunnels)
+}
+
+/// An HTTP CONNECT tunnel to a Snowflake name is answered by Tollgate and intercepted; the
+/// upstream goes through the client's proxy. A tunnel to a storage host is refused, and TLS
+/// for another name inside a tunnel to Snowflake is blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_tunnels_meet_the_gate() {
+    let pki = TestPki::new("upstream");
+    let server = echo_https_server(pki.server_config(&[SNOWFLAKE_HOST], &[b"http/1.1"])).await;
+    let (proxy_addr, tunnels) = connect_proxy(server.addr).await;
+    let mut proxy = start(test_config(), Some(proxy_addr), None, trusting(&pki));
+    let mut pending = Vec::new();
+
+    let proxy_listener = proxy.addr;
+    let open = |target: &'static str| {
+        let addr = proxy_listener;
+        async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(
+                format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                if tcp.read_exact(&mut b).await.is_err() {
+                    break;
+                }
+                head.push(b[0]);
+            }
+            (tcp, String::from_utf8_lossy(&head).into_owned())
+        }
+    };
+
+    // Intercepted through the tunnel.
+    let (tcp, reply) = open("acct.snowflakecomputing.com:443").await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let client_addr = tcp.local_addr().unwrap();
+    let tls = proxy.tls_over(tcp, SNOWFLAKE_HOST).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let get = Request::get("/session/heartbeat")
+        .header("host", SNOWFLAKE_HOST)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(sender.send_request(get).await.unwrap().status(), 200);
+    drop(sender);
+    let record = proxy.record_for(client_addr, &mut pending).await;
+    assert_eq!(record.decision, Decision::Intercept, "{record:?}");
+    assert_eq!(record.protocol.as_deref(), Some("http_connect"));
+    assert_eq!(
+        record.tunnel.as_deref(),
+        Some("http_connect acct.snowflakecomputing.com:443")
+    );
+    assert!(record.upstream_verified);
+    assert!(
+        tunnels.load(Ordering::SeqCst) >= 1,
+        "the upstream did not use the proxy"
+    );
+
+    // A storage host as the tunnel's target: refused before it opens.
+    let (mut tcp, reply) = open("sfc-results.s3.us-west-2.amazonaws.com:443").await;
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+    let client_addr = tcp.local_addr().unwrap();
+    assert!(closed_by_peer(&mut tcp).await);
+    let record = proxy.record_for(client_addr, &mut pending).await;
+    assert_eq!(record.decision, Decision::Block);
+    assert!(
+        record.close_reason.contains("storage"),
+        "{}",
+        record.close_reason
+    );
+
+    // TLS for another name inside a tunnel to Snowflake: blocked.
+    let (mut tcp, reply) = open("acct.snowflakecomputing.com:443").await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let client_addr = tcp.local_addr().unwrap();
+    tcp.write_all(&client_hello_bytes("cdn.example.net"))
+        .await
+        .unwrap();
+    assert!(closed_by_peer(&mut tcp).await);
+    let record = proxy.record_for(client_addr, &mut pending).await;
+    assert_eq!(record.decision, Decision::Block, "{record:?}");
+    assert_eq!(record.sni.as_deref(), Some("cdn.example.net"));
     proxy.shutdown().await;
 }

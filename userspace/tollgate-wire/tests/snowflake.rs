@@ -10,8 +10,8 @@ use tollgate_wire::snowflake::{
     classify, codes, decode_body, encode_body, error_response, sql_api_error_response,
     AbortRequest, Authenticator, AuthenticatorRequest, AuthenticatorResponse, BodyError,
     BodyLimits, Endpoint, Envelope, ErrorReply, LoginRequest, LoginResponse, MonitoringResponse,
-    QueryParams, QueryRequest, QueryResponse, StatementRequest, StatementResponse, TokenRequest,
-    TokenResponse, WireError,
+    PathError, QueryParams, QueryRequest, QueryResponse, StatementRequest, StatementResponse,
+    TokenRequest, TokenResponse, WireError,
 };
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -128,7 +128,6 @@ fn endpoints() {
         ("GET", "/queries//result"),
         ("POST", "/api/v2/statements/h/other"),
         ("GET", "/"),
-        ("GET", ""),
         ("POST", "/queries/v1/query-request/extra"),
     ];
     for (method, target) in unknown {
@@ -142,6 +141,15 @@ fn endpoints() {
         Endpoint::Unknown {
             method: "PUT".into(),
             path: "/x/y".into()
+        }
+    );
+    // An empty target has no origin-form path: refused, not guessed.
+    assert_eq!(
+        classify("GET", ""),
+        Endpoint::AmbiguousPath {
+            method: "GET".into(),
+            path: "".into(),
+            error: PathError::NotOriginForm
         }
     );
 }

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use tollgate_wire::snowflake::{
-    classify, decode_body, parse_authorization, BodyLimits, Endpoint, Envelope, LoginRequest,
-    LoginResponse, MonitoringResponse, QueryParams, QueryRequest, QueryResponse, TokenRequest,
-    TokenResponse, WireError,
+    classify, classify_target, decode_body, parse_authorization, BodyLimits, Endpoint, Envelope,
+    LoginRequest, LoginResponse, MonitoringResponse, QueryParams, QueryRequest, QueryResponse,
+    TokenRequest, TokenResponse, WireError,
 };
 
 const SHARED: &str = concat!(
@@ -182,6 +182,11 @@ fn check_exchange(ex: &Exchange, seen: &mut BTreeMap<&'static str, usize>) {
         !matches!(endpoint, Endpoint::Unknown { .. }),
         "{ctx}: {method} {target} did not classify"
     );
+    // Drivers send canonical targets: the normalized target forwarded is byte-identical.
+    let classified = classify_target(method, target).unwrap();
+    assert_eq!(classified.endpoint, endpoint, "{ctx}");
+    assert!(classified.path.was_canonical(), "{ctx}: {target}");
+    assert_eq!(classified.canonical_target(), target, "{ctx}");
     *seen.entry(endpoint.name()).or_default() += 1;
     let query = QueryParams::from_target(target);
 

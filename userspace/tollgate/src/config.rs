@@ -406,6 +406,13 @@ pub struct InterceptSection {
     pub passthrough: Vec<String>,
     /// `passthrough` (default) or `block` for TLS to names not listed.
     pub other_traffic: OtherTraffic,
+    /// `passthrough` (default) or `block` for connections that are not TLS (plain HTTP, other
+    /// protocols, silent server-first clients) and not for Snowflake. Tunnels (HTTP CONNECT,
+    /// SOCKS) are always opened and judged by what they carry.
+    pub other_protocols: OtherTraffic,
+    /// How long a client may stay silent before it is taken for a server-first protocol
+    /// (SMTP, MySQL) and judged by its destination.
+    pub server_first_ms: u64,
 }
 
 impl Default for InterceptSection {
@@ -416,6 +423,18 @@ impl Default for InterceptSection {
             snowflake_addresses: Vec::new(),
             passthrough: Vec::new(),
             other_traffic: OtherTraffic::Passthrough,
+            other_protocols: OtherTraffic::Passthrough,
+            server_first_ms: 1_000,
+        }
+    }
+}
+
+impl OtherTraffic {
+    /// The gate action it stands for.
+    pub fn action(self) -> GateAction {
+        match self {
+            OtherTraffic::Passthrough => GateAction::Passthrough,
+            OtherTraffic::Block => GateAction::Block,
         }
     }
 }
@@ -424,10 +443,7 @@ impl InterceptSection {
     /// The gate and the Snowflake address ranges these settings describe; the error names
     /// the field. The one place the section is checked and built.
     pub fn build(&self) -> Result<(SniGate, Vec<ipnet::IpNet>), ConfigError> {
-        let unlisted = match self.other_traffic {
-            OtherTraffic::Passthrough => GateAction::Passthrough,
-            OtherTraffic::Block => GateAction::Block,
-        };
+        let unlisted = self.other_traffic.action();
         let pattern = |field: &str, i: usize, p: &str| {
             p.parse::<SniPattern>()
                 .map_err(|e| invalid(format!("intercept.{field}[{i}]"), e.to_string()))

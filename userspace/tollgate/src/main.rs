@@ -90,6 +90,9 @@ pub struct RunArgs {
     /// What to do with TLS to names that are not intercepted: passthrough or block.
     #[arg(long, value_name = "MODE")]
     other_traffic: Option<OtherTraffic>,
+    /// What to do with connections that are not TLS and not for Snowflake: passthrough or block.
+    #[arg(long, value_name = "MODE")]
+    other_protocols: Option<OtherTraffic>,
     /// PEM file of roots trusted for upstream servers (default: the system store).
     #[arg(long, value_name = "FILE")]
     upstream_roots: Option<PathBuf>,
@@ -169,6 +172,9 @@ impl RunArgs {
         }
         if let Some(o) = self.other_traffic {
             c.intercept.other_traffic = o;
+        }
+        if let Some(o) = self.other_protocols {
+            c.intercept.other_protocols = o;
         }
         if let Some(r) = &self.upstream_roots {
             c.tls.upstream_roots = Some(r.clone());

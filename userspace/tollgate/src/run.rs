@@ -238,6 +238,8 @@ pub fn run(config: Config) -> Result<()> {
             .collect(),
         gate,
         snowflake_ranges,
+        other_protocols: config.intercept.other_protocols.action(),
+        server_first_after: Duration::from_millis(config.intercept.server_first_ms),
         max_connections: config.limits.max_connections,
         peek_timeout: config.limits.peek_timeout(),
         max_client_hello_len: config.limits.max_client_hello_bytes,

@@ -36,9 +36,9 @@ use tollgate_policy::{
     NameContext, Policy, StatementKind,
 };
 use tollgate_wire::snowflake::{
-    classify, decode_body, error_response, parse_authorization, sql_api_error_response, BodyLimits,
-    Endpoint, ErrorReply, LoginRequest, LoginResponse, QueryParams, QueryRequest, QueryResponse,
-    StatementRequest, TokenRequest, TokenResponse,
+    classify_target, decode_body, error_response, parse_authorization, split_target,
+    sql_api_error_response, BodyLimits, Endpoint, ErrorReply, LoginRequest, LoginResponse,
+    QueryParams, QueryRequest, QueryResponse, StatementRequest, TokenRequest, TokenResponse,
 };
 
 use tollgate_audit::{Event, EventKind, MaskedCount};
@@ -321,6 +321,28 @@ impl SnowflakeHooks {
         e
     }
 
+    /// Answers a request Tollgate refuses to forward (an endpoint it does not serve, a path
+    /// it cannot read unambiguously, a result it has no decision for) and records the attempt
+    /// as an `error` event.
+    fn refuse_endpoint(
+        &self,
+        conn: &ConnectionContext,
+        session: Option<&Session>,
+        endpoint: &str,
+        refusal: Refusal,
+    ) -> RequestAction {
+        warn!(conn = %conn.id, endpoint, "request refused: {}", refusal.message);
+        if let Some(audit) = &self.audit {
+            let mut e = self.event(EventKind::Error, conn, session);
+            e.decision = "refused".into();
+            e.reason.clone_from(&refusal.message);
+            e.error_code = TOLLGATE_DENIED_CODE.into();
+            e.attrs.insert("endpoint".into(), endpoint.to_owned());
+            audit.record_detached(e);
+        }
+        RequestAction::Respond(refusal.into_response())
+    }
+
     /// Appends events that gate a step; on failure, the refusal to send instead.
     async fn audit_gate(
         &self,
@@ -578,13 +600,57 @@ impl SnowflakeHooks {
         &self,
         conn: &ConnectionContext,
         exchange: &mut Exchange,
-        request: Request<ProxyBody>,
+        mut request: Request<ProxyBody>,
     ) -> RequestAction {
-        let target = request
+        let raw_target = request
             .uri()
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| "/".into());
+        // Classified on the normalized path, and forwarded as classified: the server routes
+        // exactly the path Tollgate decided on. An ambiguous path is refused, never guessed.
+        let classified = match classify_target(request.method().as_str(), &raw_target) {
+            Ok(c) => c,
+            Err(e) => {
+                let session = self.session_of(&request);
+                let path = split_target(&raw_target).0.to_owned();
+                return self.refuse_endpoint(
+                    conn,
+                    session.as_deref(),
+                    "ambiguous_path",
+                    Refusal {
+                        sql_api: path.starts_with("/api/"),
+                        sql_state: "0A000",
+                        message: format!(
+                            "Tollgate refused {} {path}: {e}; send the path in its plain form",
+                            request.method()
+                        ),
+                        close: false,
+                    },
+                );
+            }
+        };
+        let target = classified.canonical_target();
+        if target != raw_target {
+            let mut parts = request.uri().clone().into_parts();
+            match target.parse() {
+                Ok(pq) => parts.path_and_query = Some(pq),
+                Err(_) => {
+                    return RequestAction::Respond(
+                        Refusal {
+                            sql_api: false,
+                            sql_state: "0A000",
+                            message: "Tollgate refused a request target it cannot re-encode".into(),
+                            close: false,
+                        }
+                        .into_response(),
+                    )
+                }
+            }
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
         if request.method() == http::Method::GET && target.starts_with(CHUNK_PATH_PREFIX) {
             let presented = self.presented_session(&request);
             return RequestAction::Respond(
@@ -592,7 +658,7 @@ impl SnowflakeHooks {
                     .await,
             );
         }
-        let endpoint = classify(request.method().as_str(), &target);
+        let endpoint = classified.endpoint;
         let started = Instant::now();
         let authority = request
             .uri()
@@ -739,8 +805,8 @@ impl SnowflakeHooks {
                                 sql_api: true,
                                 sql_state: "0A000",
                                 message: format!(
-                                    "Tollgate refused this statement (rule {}): its results must be masked or capped, which Tollgate applies to driver sessions only, not to the SQL API",
-                                    plan.rule_id
+                                    "Tollgate refused this statement (rule {}): its results must be masked or capped, which Tollgate applies to driver sessions only, not to the SQL API (decided for {})",
+                                    plan.rule_id, api.source
                                 ),
                                 close: false,
                             }
@@ -766,27 +832,30 @@ impl SnowflakeHooks {
                 if allowed {
                     return RequestAction::Forward(request);
                 }
-                warn!(conn = %conn.id, "SQL API result requested for a handle Tollgate did not allow");
-                RequestAction::Respond(
+                self.refuse_endpoint(
+                    conn,
+                    None,
+                    "sql_api_status",
                     Refusal {
                         sql_api: true,
                         sql_state: "42501",
                         message: "Tollgate refused this statement handle: it serves SQL API results only for statements it allowed for the same token (results of driver sessions are served masked through the driver)".into(),
                         close: false,
-                    }
-                    .into_response(),
+                    },
                 )
             }
             Endpoint::ResultChunk => {
-                warn!(conn = %conn.id, "pre-signed download on the Snowflake host refused");
-                RequestAction::Respond(
+                let session = self.session_of(&request);
+                self.refuse_endpoint(
+                    conn,
+                    session.as_deref(),
+                    "result_chunk",
                     Refusal {
                         sql_api: false,
                         sql_state: "42501",
                         message: "Tollgate refused this download: result chunks are served by Tollgate at the URLs it hands out, never by pre-signed URL".into(),
                         close: false,
-                    }
-                    .into_response(),
+                    },
                 )
             }
             Endpoint::TokenRequest => {
@@ -838,8 +907,11 @@ impl SnowflakeHooks {
                     RequestAction::Forward(request)
                 }
                 UnknownEndpoints::Deny => {
-                    warn!(conn = %conn.id, %method, %path, "unknown Snowflake endpoint refused");
-                    RequestAction::Respond(
+                    let session = self.session_of(&request);
+                    self.refuse_endpoint(
+                        conn,
+                        session.as_deref(),
+                        "unknown",
                         Refusal {
                             sql_api: path.starts_with("/api/"),
                             sql_state: "0A000",
@@ -847,8 +919,7 @@ impl SnowflakeHooks {
                                 "Tollgate refused {method} {path}: this endpoint is not understood, and the policy denies what it cannot audit"
                             ),
                             close: false,
-                        }
-                        .into_response(),
+                        },
                     )
                 }
             },

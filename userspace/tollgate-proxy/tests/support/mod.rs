@@ -276,6 +276,31 @@ impl Harness {
         }
     }
 
+    /// TLS trusting the proxy's CA over an already connected stream (after a tunnel
+    /// handshake, say).
+    pub async fn tls_over(
+        &self,
+        tcp: TcpStream,
+        sni: &str,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let mut roots = rustls::RootCertStore::empty();
+        let der: CertificateDer<'static> =
+            rustls_pemfile::certs(&mut self.ca.cert_pem().as_bytes())
+                .next()
+                .unwrap()
+                .unwrap();
+        roots.add(der).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+            .await
+    }
+
     /// A TLS client trusting the proxy's CA.
     pub async fn tls_client(
         &self,

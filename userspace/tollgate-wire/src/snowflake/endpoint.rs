@@ -1,6 +1,13 @@
 //! Which Snowflake endpoint a request targets, and its query string.
+//!
+//! Classification runs on the [`NormalizedPath`] of the target (see [`normalize_path`]), never on
+//! the client's spelling: `/queries/<id>/r%65sult` is a [`Endpoint::QueryResult`], and a path
+//! that servers read in more than one way is refused ([`classify_target`]) or classified as
+//! [`Endpoint::AmbiguousPath`] ([`classify`]).
 
 use std::borrow::Cow;
+
+use super::path::{normalize_path, NormalizedPath, PathError};
 
 /// A Snowflake REST endpoint, as told by the request's method and path.
 ///
@@ -68,8 +75,19 @@ pub enum Endpoint {
     Unknown {
         /// The request method as given.
         method: String,
-        /// The path (without the query string).
+        /// The normalized path (decoded, without the query string; see [`NormalizedPath`]).
         path: String,
+    },
+    /// A target whose path [`normalize_path`] refuses (an encoded `/`, a backslash, a double
+    /// escape, …): what the server would route it to is not known, so it must not be forwarded.
+    /// Only [`classify`] returns it; [`classify_target`] returns the [`PathError`] instead.
+    AmbiguousPath {
+        /// The request method as given.
+        method: String,
+        /// The raw path as the client sent it (without the query string).
+        path: String,
+        /// Why the path was refused.
+        error: PathError,
     },
 }
 
@@ -93,19 +111,76 @@ impl Endpoint {
             Endpoint::SqlApiCancel { .. } => "sql_api_cancel",
             Endpoint::ResultChunk => "result_chunk",
             Endpoint::Unknown { .. } => "unknown",
+            Endpoint::AmbiguousPath { .. } => "ambiguous_path",
         }
+    }
+
+    /// Whether this endpoint's responses may contain result rows, i.e. whether a response must
+    /// go through masking and row caps before it reaches the client.
+    ///
+    /// `true` for statements and their results ([`QueryRequest`](Endpoint::QueryRequest),
+    /// [`QueryResult`](Endpoint::QueryResult), [`SqlApiSubmit`](Endpoint::SqlApiSubmit),
+    /// [`SqlApiStatus`](Endpoint::SqlApiStatus), [`ResultChunk`](Endpoint::ResultChunk)) and for
+    /// whatever is not understood ([`Unknown`](Endpoint::Unknown),
+    /// [`AmbiguousPath`](Endpoint::AmbiguousPath)); `false` for session management (login,
+    /// authenticator, token renewal, heartbeat, logout), telemetry, cancellations (whose answers
+    /// carry a status only) and [`MonitoringQuery`](Endpoint::MonitoringQuery) (status, error
+    /// code and timings of a query, no rows: a client reads its rows from
+    /// `/queries/<qid>/result`).
+    pub fn carries_rows(&self) -> bool {
+        match self {
+            Endpoint::QueryRequest
+            | Endpoint::QueryResult { .. }
+            | Endpoint::SqlApiSubmit
+            | Endpoint::SqlApiStatus { .. }
+            | Endpoint::ResultChunk
+            | Endpoint::Unknown { .. }
+            | Endpoint::AmbiguousPath { .. } => true,
+            Endpoint::Login
+            | Endpoint::AuthenticatorRequest
+            | Endpoint::TokenRequest
+            | Endpoint::Heartbeat
+            | Endpoint::SessionDelete
+            | Endpoint::AbortRequest
+            | Endpoint::AbortQuery { .. }
+            | Endpoint::MonitoringQuery { .. }
+            | Endpoint::Telemetry
+            | Endpoint::SqlApiCancel { .. } => false,
+        }
+    }
+}
+
+/// A request target classified on its normalized path: the endpoint, and the canonical target
+/// to forward so that the server sees exactly what was classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Classified {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// The normalized path.
+    pub path: NormalizedPath,
+    /// The raw query string (without `?`), as the client sent it; `None` when there was no `?`.
+    pub query: Option<String>,
+}
+
+impl Classified {
+    /// The origin-form target to forward: the normalized path re-encoded, and the query string
+    /// verbatim (`path.to_origin_form(query)`).
+    pub fn canonical_target(&self) -> String {
+        self.path.to_origin_form(self.query.as_deref())
     }
 }
 
 /// Splits a request target into path and query string (without the `?`).
 ///
-/// An absolute-form target (`https://host/path?q`) is reduced to its path; a fragment is
-/// dropped.
+/// An absolute-form target (`https://host/path?q`) is reduced to its path (`/` when it has
+/// none: `https://host?q` is `/` and `q`); a fragment is dropped.
 pub fn split_target(path_and_query: &str) -> (&str, Option<&str>) {
     let mut target = path_and_query;
     if let Some(hash) = target.find('#') {
         target = &target[..hash];
     }
+    let mut absolute = false;
     for scheme in ["https://", "http://"] {
         if target
             .get(..scheme.len())
@@ -113,30 +188,53 @@ pub fn split_target(path_and_query: &str) -> (&str, Option<&str>) {
         {
             let rest = &target[scheme.len()..];
             target = rest.find(['/', '?']).map_or("/", |i| &rest[i..]);
+            absolute = true;
             break;
         }
     }
-    match target.split_once('?') {
+    let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
+    };
+    if absolute && path.is_empty() {
+        ("/", query)
+    } else {
+        (path, query)
     }
 }
 
-/// Classifies a request by method and target (origin-form `path?query`, or absolute-form).
-pub fn classify(method: &str, path_and_query: &str) -> Endpoint {
+/// Classifies a request by method and target (origin-form `path?query`, or absolute-form) on
+/// its normalized path; a path [`normalize_path`] refuses is an error, not a guess.
+///
+/// Forward [`Classified::canonical_target`] rather than the client's target: then the server
+/// routes exactly the path that was classified.
+pub fn classify_target(method: &str, path_and_query: &str) -> Result<Classified, PathError> {
     let (path, query) = split_target(path_and_query);
+    let path = normalize_path(path)?;
     let params = QueryParams::parse(query.unwrap_or(""));
-    // Trailing slashes are tolerated (`/session/heartbeat/`), empty segments are not.
-    let trimmed = path
-        .strip_suffix('/')
-        .filter(|p| !p.is_empty())
-        .unwrap_or(path);
-    let segments: Vec<&str> = trimmed
-        .strip_prefix('/')
-        .unwrap_or(trimmed)
-        .split('/')
-        .collect();
-    let id = |s: &str| !s.is_empty();
+    Ok(Classified {
+        endpoint: classify_normalized(method, &path, &params),
+        path,
+        query: query.map(str::to_owned),
+    })
+}
+
+/// Classifies a request by method and target, like [`classify_target`], folding a refused path
+/// into [`Endpoint::AmbiguousPath`] (which a caller must refuse: it is not [`Endpoint::Unknown`],
+/// so a "forward unknown endpoints" setting does not let it through).
+pub fn classify(method: &str, path_and_query: &str) -> Endpoint {
+    match classify_target(method, path_and_query) {
+        Ok(classified) => classified.endpoint,
+        Err(error) => Endpoint::AmbiguousPath {
+            method: method.to_owned(),
+            path: split_target(path_and_query).0.to_owned(),
+            error,
+        },
+    }
+}
+
+fn classify_normalized(method: &str, path: &NormalizedPath, params: &QueryParams) -> Endpoint {
+    let segments: Vec<&str> = path.segments().collect();
     let found = match (method, segments.as_slice()) {
         ("POST", ["session", "v1", "login-request"]) => Some(Endpoint::Login),
         ("POST", ["session", "authenticator-request"]) => Some(Endpoint::AuthenticatorRequest),
@@ -145,33 +243,30 @@ pub fn classify(method: &str, path_and_query: &str) -> Endpoint {
         ("POST", ["session"]) if params.is_delete() => Some(Endpoint::SessionDelete),
         ("POST", ["queries", "v1", "query-request"]) => Some(Endpoint::QueryRequest),
         ("POST", ["queries", "v1", "abort-request"]) => Some(Endpoint::AbortRequest),
-        ("POST", ["queries", qid, "abort-request"]) if id(qid) => Some(Endpoint::AbortQuery {
+        ("POST", ["queries", qid, "abort-request"]) => Some(Endpoint::AbortQuery {
             query_id: (*qid).to_owned(),
         }),
-        ("GET", ["queries", qid, "result"]) if id(qid) => Some(Endpoint::QueryResult {
+        ("GET", ["queries", qid, "result"]) => Some(Endpoint::QueryResult {
             query_id: (*qid).to_owned(),
         }),
-        ("GET", ["monitoring", "queries", qid]) if id(qid) => Some(Endpoint::MonitoringQuery {
+        ("GET", ["monitoring", "queries", qid]) => Some(Endpoint::MonitoringQuery {
             query_id: (*qid).to_owned(),
         }),
         ("POST", ["telemetry", "send"]) => Some(Endpoint::Telemetry),
         ("POST", ["api", "v2", "statements"]) => Some(Endpoint::SqlApiSubmit),
-        ("GET", ["api", "v2", "statements", handle]) if id(handle) => {
-            Some(Endpoint::SqlApiStatus {
-                handle: (*handle).to_owned(),
-            })
-        }
-        ("POST", ["api", "v2", "statements", handle, "cancel"]) if id(handle) => {
-            Some(Endpoint::SqlApiCancel {
-                handle: (*handle).to_owned(),
-            })
-        }
+        ("GET", ["api", "v2", "statements", handle]) => Some(Endpoint::SqlApiStatus {
+            handle: (*handle).to_owned(),
+        }),
+        ("POST", ["api", "v2", "statements", handle, "cancel"]) => Some(Endpoint::SqlApiCancel {
+            handle: (*handle).to_owned(),
+        }),
         ("GET", _) if params.is_presigned() => Some(Endpoint::ResultChunk),
         _ => None,
     };
+    // Segments of a normalized path are never empty, so ids need no further check.
     found.unwrap_or_else(|| Endpoint::Unknown {
         method: method.to_owned(),
-        path: path.to_owned(),
+        path: path.as_str().to_owned(),
     })
 }
 

@@ -1,7 +1,7 @@
 //! A sans-IO model of Snowflake's REST protocol, as the drivers speak it.
 //!
 //! Everything here is a function of bytes (or strings) to values and back: which endpoint a
-//! request targets ([`classify`]), its query string ([`QueryParams`]), its body's transfer shape
+//! request targets ([`classify_target`] on the [`NormalizedPath`] of its target), its query string ([`QueryParams`]), its body's transfer shape
 //! ([`decode_body`] / [`encode_body`] — Python gzips every request body), its credentials
 //! ([`parse_authorization`], [`LoginRequest`]), its statement ([`QueryRequest`],
 //! [`StatementRequest`]) and the server's answers ([`LoginResponse`], [`QueryResponse`], …), plus
@@ -31,6 +31,7 @@ mod endpoint;
 mod error;
 mod json;
 mod login;
+mod path;
 mod query;
 mod reply;
 mod secret;
@@ -38,12 +39,13 @@ mod sql_api;
 
 pub use auth::{parse_authorization, AuthToken};
 pub use body::{decode_body, encode_body, BodyError, BodyLimits, DecodedBody};
-pub use endpoint::{classify, split_target, Endpoint, QueryParams};
+pub use endpoint::{classify, classify_target, split_target, Classified, Endpoint, QueryParams};
 pub use error::WireError;
 pub use login::{
     Authenticator, AuthenticatorRequest, AuthenticatorResponse, JwtClaims, LoginRequest,
     LoginResponse, SessionInfo, SessionParameter, TokenRequest, TokenResponse,
 };
+pub use path::{normalize_path, NormalizedPath, PathError};
 pub use query::{
     AbortRequest, Binding, BindingValue, Chunk, Envelope, MonitoringQuery, MonitoringResponse,
     QueryRequest, QueryResponse, ResultFormat, RowType,
