@@ -319,6 +319,28 @@ impl Conn<'_> {
         }
     }
 
+    /// Answers a tunnel request: `granted` when its target may be tunnelled to, else the
+    /// `refused` reply, the connection recorded as blocked, and the close reason as `Err`.
+    async fn answer_tunnel(
+        &self,
+        kind: TunnelKind,
+        target: &TunnelTarget,
+        stream: &mut TcpStream,
+        granted: &[u8],
+        refused: impl FnOnce(&GateReason) -> Vec<u8>,
+    ) -> Result<(), String> {
+        if let Some(reason) = self.refuse_tunnel(target) {
+            self.set(kind.name(), Decision::Block);
+            self.state.draft().tunnel = Some(format!("{} {target}", kind.name()));
+            let _ = stream.write_all(&refused(&reason)).await;
+            return Err(format!("blocked_by_policy: {reason}"));
+        }
+        stream
+            .write_all(granted)
+            .await
+            .map_err(|e| format!("client_io: {e}"))
+    }
+
     async fn http_connect(self, mut buf: BytesMut, mut stream: TcpStream) -> String {
         self.set("http_connect", Decision::Reject);
         let deadline = Instant::now() + self.config().peek_timeout;
@@ -336,15 +358,18 @@ impl Conn<'_> {
             }
             Err(_) => return "peek_timeout".into(),
         };
-        if let Some(reason) = self.refuse_tunnel(&req.target) {
-            self.set("http_connect", Decision::Block);
-            self.state.draft().tunnel = Some(format!("http_connect {}", req.target));
-            let body = format!("Tollgate refused this tunnel: {reason}");
-            let _ = stream.write_all(&tunnel::http_forbidden(&body)).await;
-            return format!("blocked_by_policy: {reason}");
-        }
-        if let Err(e) = stream.write_all(tunnel::http_connect_established()).await {
-            return format!("client_io: {e}");
+        let kind = TunnelKind::HttpConnect;
+        if let Err(end) = self
+            .answer_tunnel(
+                kind,
+                &req.target,
+                &mut stream,
+                tunnel::http_connect_established(),
+                |r| tunnel::http_forbidden(&format!("Tollgate refused this tunnel: {r}")),
+            )
+            .await
+        {
+            return end;
         }
         buf.advance(req.consumed);
         self.tunnelled(TunnelKind::HttpConnect, req.target, buf, stream)
@@ -372,19 +397,18 @@ impl Conn<'_> {
                     return "socks5: no acceptable authentication method".into();
                 }
                 Ok(Socks5Event::Connect(req)) => {
-                    if let Some(reason) = self.refuse_tunnel(&req.target) {
-                        self.set("socks5", Decision::Block);
-                        self.state.draft().tunnel = Some(format!("socks5 {}", req.target));
-                        let _ = stream
-                            .write_all(&socks5_reply(Socks5Reply::NotAllowed, None))
-                            .await;
-                        return format!("blocked_by_policy: {reason}");
-                    }
-                    if let Err(e) = stream
-                        .write_all(&socks5_reply(Socks5Reply::Succeeded, None))
+                    let granted = socks5_reply(Socks5Reply::Succeeded, None);
+                    if let Err(end) = self
+                        .answer_tunnel(
+                            TunnelKind::Socks5,
+                            &req.target,
+                            &mut stream,
+                            &granted,
+                            |_| socks5_reply(Socks5Reply::NotAllowed, None),
+                        )
                         .await
                     {
-                        return format!("client_io: {e}");
+                        return end;
                     }
                     buf.advance(req.consumed);
                     return self
@@ -420,14 +444,17 @@ impl Conn<'_> {
             }
             Err(_) => return "peek_timeout".into(),
         };
-        if let Some(reason) = self.refuse_tunnel(&req.target) {
-            self.set("socks4", Decision::Block);
-            self.state.draft().tunnel = Some(format!("socks4 {}", req.target));
-            let _ = stream.write_all(&socks4_reply(false)).await;
-            return format!("blocked_by_policy: {reason}");
-        }
-        if let Err(e) = stream.write_all(&socks4_reply(true)).await {
-            return format!("client_io: {e}");
+        if let Err(end) = self
+            .answer_tunnel(
+                TunnelKind::Socks4,
+                &req.target,
+                &mut stream,
+                &socks4_reply(true),
+                |_| socks4_reply(false).to_vec(),
+            )
+            .await
+        {
+            return end;
         }
         buf.advance(req.consumed);
         self.tunnelled(TunnelKind::Socks4, req.target, buf, stream)

@@ -904,6 +904,15 @@ impl SnowflakeHooks {
             Endpoint::Unknown { method, path } => match self.config.unknown_endpoints {
                 UnknownEndpoints::Forward => {
                     warn!(conn = %conn.id, %method, %path, "unknown Snowflake endpoint forwarded");
+                    // No decision stands behind it: a Snowflake-shaped result in the answer is
+                    // withheld, as for a result fetched by an unknown query id.
+                    exchange.state.insert(Arc::new(Pending::Statement {
+                        started,
+                        session: self.session_of(&request),
+                        uses: Vec::new(),
+                        plan: None,
+                        authority,
+                    }));
                     RequestAction::Forward(request)
                 }
                 UnknownEndpoints::Deny => {

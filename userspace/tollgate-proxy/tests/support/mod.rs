@@ -276,37 +276,8 @@ impl Harness {
         }
     }
 
-    /// TLS trusting the proxy's CA over an already connected stream (after a tunnel
-    /// handshake, say).
-    pub async fn tls_over(
-        &self,
-        tcp: TcpStream,
-        sni: &str,
-    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let mut roots = rustls::RootCertStore::empty();
-        let der: CertificateDer<'static> =
-            rustls_pemfile::certs(&mut self.ca.cert_pem().as_bytes())
-                .next()
-                .unwrap()
-                .unwrap();
-        roots.add(der).unwrap();
-        let mut config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
-            .await
-    }
-
-    /// A TLS client trusting the proxy's CA.
-    pub async fn tls_client(
-        &self,
-        sni: &str,
-        alpn: &[&[u8]],
-    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+    /// A TLS client configuration trusting the proxy's CA, offering `alpn`.
+    fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         let der: CertificateDer<'static> =
             rustls_pemfile::certs(&mut self.ca.cert_pem().as_bytes())
@@ -320,8 +291,29 @@ impl Harness {
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
+    /// TLS trusting the proxy's CA over an already connected stream (after a tunnel
+    /// handshake, say).
+    pub async fn tls_over(
+        &self,
+        tcp: TcpStream,
+        sni: &str,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        TlsConnector::from(self.client_config(&[b"http/1.1"]))
+            .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+            .await
+    }
+
+    /// A TLS client trusting the proxy's CA.
+    pub async fn tls_client(
+        &self,
+        sni: &str,
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
         let tcp = TcpStream::connect(self.addr).await.unwrap();
-        TlsConnector::from(Arc::new(config))
+        TlsConnector::from(self.client_config(alpn))
             .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
             .await
             .unwrap()
