@@ -1,7 +1,8 @@
 //! SQL analysis: what a statement text does, in terms policy can judge — statement kinds, the
-//! tables each statement reads and writes (resolved to `DB.SCHEMA.TABLE`), the columns it
-//! names (best effort), stage operations, `USE` targets, and whether anything depends on a bind
-//! value.
+//! tables each statement reads and writes (resolved to `DB.SCHEMA.TABLE`), the data sources it
+//! reads that have no table name ([`OpaqueSource`]: `RESULT_SCAN`, table functions, stages in
+//! `FROM`), the columns it names (best effort), stage operations, `USE` targets, and whether
+//! anything depends on a bind value.
 //!
 //! Parsing is `sqlparser`'s Snowflake dialect, behind a pre-scanner (`prescan`) that
 //! splits statements and classifies `GET` / `PUT`. Anything the parser rejects is
@@ -57,6 +58,11 @@ pub struct StatementInfo {
     pub reads: BTreeSet<TableName>,
     /// Tables and views it creates, changes or drops.
     pub writes: BTreeSet<TableName>,
+    /// Data sources it reads that are not named tables (subqueries and CTEs included): the
+    /// result of an earlier query, a table function, a stage. Policy cannot tell what data
+    /// they hold, so it fails closed on them (see [`OpaqueSource`]).
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub opaque_sources: BTreeSet<OpaqueSource>,
     /// Columns it names, best effort: qualified when the table is known, `*` for wildcards.
     pub columns: BTreeSet<ColumnRef>,
     /// Stage operations (loads, unloads, file transfers, stage creation).
@@ -85,6 +91,7 @@ impl StatementInfo {
             kind,
             reads: BTreeSet::new(),
             writes: BTreeSet::new(),
+            opaque_sources: BTreeSet::new(),
             columns: BTreeSet::new(),
             stage_ops: Vec::new(),
             use_target: None,
@@ -100,6 +107,64 @@ impl StatementInfo {
         self.reads.iter().chain(self.writes.difference(&self.reads))
     }
 }
+
+/// A data source in `FROM` whose data the analysis cannot name as tables, so that neither a
+/// rule's `tables` nor column lineage can account for it. Policy fails closed on it: a
+/// permissive rule matches a statement with an opaque source only if its `match.sources`
+/// names that source, a restrictive rule's `tables` / `columns` / `tags` count it as a match,
+/// and it may hold classified data (`defaults.unknown_lineage`, `defaults.classified_copies`).
+///
+/// Not opaque: table functions whose rows are computed from their arguments alone —
+/// `GENERATOR`, `FLATTEN`, `SPLIT_TO_TABLE`, `STRTOK_SPLIT_TO_TABLE` (unqualified, unquoted)
+/// and `UNNEST` — since whatever their arguments read (a lateral column, a subquery) is
+/// analysed like any other expression. `TABLE('<name>')` is the table it names, and
+/// `TABLE($var)` / `TABLE(?)` an unresolved binding.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OpaqueSource {
+    /// `TABLE(RESULT_SCAN(…))`: the result of an earlier query of the user (by id or
+    /// `LAST_QUERY_ID()`), which Tollgate may have masked when it was returned.
+    ResultScan,
+    /// Another table function (`TABLE(f(…))`, `f(…)` or `LATERAL f(…)` in `FROM`): a UDTF,
+    /// `INFORMATION_SCHEMA.QUERY_HISTORY`, `INFER_SCHEMA`, … Its rows come from data the
+    /// analysis cannot see.
+    TableFunction {
+        /// The function name as written, folded (`MY_UDTF`, `INFORMATION_SCHEMA.QUERY_HISTORY`).
+        name: String,
+    },
+    /// A stage read directly in `FROM` (`SELECT $1 FROM @my_stage`, `@~/file.csv`, `@%t`).
+    Stage {
+        /// The stage and path as written (`@my_stage/path/`).
+        stage: String,
+    },
+}
+
+impl OpaqueSource {
+    /// The name policy rules match with `match.sources` globs: `RESULT_SCAN`,
+    /// `TABLE(<function>)`, or the stage as written (`@my_stage/path/`).
+    pub fn label(&self) -> String {
+        match self {
+            Self::ResultScan => "RESULT_SCAN".into(),
+            Self::TableFunction { name } => format!("TABLE({name})"),
+            Self::Stage { stage } => stage.clone(),
+        }
+    }
+}
+
+impl fmt::Display for OpaqueSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.label())
+    }
+}
+
+/// Table functions whose rows are computed from their arguments alone (called unqualified and
+/// unquoted): they read no data of their own.
+const PURE_TABLE_FUNCTIONS: &[&str] = &[
+    "GENERATOR",
+    "FLATTEN",
+    "SPLIT_TO_TABLE",
+    "STRTOK_SPLIT_TO_TABLE",
+];
 
 /// What a statement is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -780,11 +845,79 @@ impl Collector<'_, '_> {
         self.scopes.last().map_or(&[], Vec::as_slice)
     }
 
+    fn table_read(&mut self, table: TableName, alias: Option<&ast::TableAlias>, is_target: bool) {
+        if let Some(a) = alias {
+            self.aliases.push((
+                fold_ident(&a.name.value, a.name.quote_style.is_some()),
+                table.clone(),
+            ));
+        }
+        self.aliases.push((table.table.clone(), table.clone()));
+        if !is_target {
+            self.info.reads.insert(table);
+        }
+    }
+
+    /// `SELECT … FROM @stage`: a load from the stage, and an opaque source.
+    fn stage_read(&mut self, stage: String) {
+        self.info.stage_ops.push(StageOp {
+            op: StageOpKind::Load,
+            stage: stage.clone(),
+            local_file: None,
+        });
+        self.info
+            .opaque_sources
+            .insert(OpaqueSource::Stage { stage });
+    }
+
+    /// `TABLE(<expr>)`: a table function call, or (Snowflake) a table named by a string
+    /// literal, a session variable or a bind value.
+    fn table_function_expr(&mut self, expr: &Expr, alias: Option<&ast::TableAlias>) {
+        match expr {
+            Expr::Function(function) => self.table_function(&function.name),
+            Expr::Value(v) => match string_value(&v.value)
+                .and_then(split_dotted)
+                .and_then(|parts| TableName::resolve(&parts, self.ctx))
+            {
+                Some(table) => self.table_read(table, alias, false),
+                None => self.info.unresolved_bindings = true,
+            },
+            _ => self.info.unresolved_bindings = true,
+        }
+    }
+
+    /// A table function in `FROM`: nothing for a pure one (its arguments are visited like
+    /// any expression), else an opaque source.
+    fn table_function(&mut self, name: &ObjectName) {
+        let parts = match object_parts(name) {
+            NameParts::Parts(parts) => parts,
+            NameParts::Dynamic => {
+                self.info.unresolved_bindings = true;
+                return;
+            }
+        };
+        let plain = matches!(
+            name.0.as_slice(),
+            [ObjectNamePart::Identifier(ident)] if ident.quote_style.is_none()
+        );
+        let source = match parts.as_slice() {
+            [one] if plain && PURE_TABLE_FUNCTIONS.contains(&one.as_str()) => return,
+            [one] if one == "RESULT_SCAN" => OpaqueSource::ResultScan,
+            _ => OpaqueSource::TableFunction {
+                name: parts.join("."),
+            },
+        };
+        self.info.opaque_sources.insert(source);
+    }
+
     fn finish(self) {
         let tables: Vec<TableName> = self.info.tables().cloned().collect();
         let lookup = |qualifier: &[String]| -> Option<TableName> {
             match qualifier {
-                [] if tables.len() == 1 => Some(tables[0].clone()),
+                // With an opaque source in `FROM`, an unqualified column may be one of its.
+                [] if tables.len() == 1 && self.info.opaque_sources.is_empty() => {
+                    Some(tables[0].clone())
+                }
                 [] => None,
                 [one] => self
                     .aliases
@@ -887,17 +1020,40 @@ impl Visitor for Collector<'_, '_> {
     }
 
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
-        let TableFactor::Table {
-            name, alias, args, ..
-        } = factor
-        else {
-            return ControlFlow::Continue(());
+        let (name, alias, args) = match factor {
+            TableFactor::Table {
+                name, alias, args, ..
+            } => (name, alias, args),
+            TableFactor::TableFunction { expr, alias } => {
+                self.table_function_expr(expr, alias.as_ref());
+                return ControlFlow::Continue(());
+            }
+            TableFactor::Function { name, .. } => {
+                self.table_function(name);
+                return ControlFlow::Continue(());
+            }
+            TableFactor::SemanticView { .. } => {
+                self.info
+                    .opaque_sources
+                    .insert(OpaqueSource::TableFunction {
+                        name: "SEMANTIC_VIEW".into(),
+                    });
+                return ControlFlow::Continue(());
+            }
+            // Derived tables, joins, PIVOT, … are walked into; UNNEST, JSON_TABLE and the like
+            // read only their argument expressions, which are visited.
+            _ => return ControlFlow::Continue(()),
         };
+        let is_target = self.targets.iter().any(|t| std::ptr::eq(*t, factor));
         if args.is_some() {
-            // A table function call (`FROM my_udtf(…)`), not a table.
+            // A stage with options (`@st (file_format => 'f')`) or a table function call
+            // (`FROM my_udtf(…)`), not a table.
+            match resolve_object(name, self.ctx) {
+                Resolved::Stage(stage) if !is_target => self.stage_read(stage),
+                _ => self.table_function(name),
+            }
             return ControlFlow::Continue(());
         }
-        let is_target = self.targets.iter().any(|t| std::ptr::eq(*t, factor));
         if let [ObjectNamePart::Identifier(ident)] = name.0.as_slice() {
             let folded = fold_ident(&ident.value, ident.quote_style.is_some());
             if !is_target && self.visible().contains(&folded) {
@@ -906,18 +1062,8 @@ impl Visitor for Collector<'_, '_> {
             }
         }
         match resolve_object(name, self.ctx) {
-            Resolved::Table(table) => {
-                if let Some(a) = alias {
-                    self.aliases.push((
-                        fold_ident(&a.name.value, a.name.quote_style.is_some()),
-                        table.clone(),
-                    ));
-                }
-                self.aliases.push((table.table.clone(), table.clone()));
-                if !is_target {
-                    self.info.reads.insert(table);
-                }
-            }
+            Resolved::Table(table) => self.table_read(table, alias.as_ref(), is_target),
+            Resolved::Stage(stage) if !is_target => self.stage_read(stage),
             Resolved::Stage(stage) => self.info.stage_ops.push(StageOp {
                 op: StageOpKind::Load,
                 stage,

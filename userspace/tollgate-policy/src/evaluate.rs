@@ -9,6 +9,14 @@
 //! earliest statement). When in doubt, restrictive rules (deny,
 //! require_approval) apply and permissive ones (allow, mask) do not: see [`crate::policy`].
 //!
+//! A statement that reads an *opaque source* ([`OpaqueSource`]: `TABLE(RESULT_SCAN(…))`, a
+//! table function other than a pure generator, a stage in `FROM`) fails closed: a permissive
+//! rule matches it only if its `match.sources` names every such source (a `tables` glob never
+//! covers one, vacuously or not); a restrictive rule's `tables`, `columns` and `tags` count it
+//! as a match; with no rule, `defaults.no_rule_matched` refuses it with a reason naming the
+//! source. Its data may be classified or masked: `defaults.unknown_lineage` and
+//! `defaults.classified_copies` apply to it.
+//!
 //! A statement that copies data into another table or location (CTAS, `INSERT … SELECT`,
 //! `MERGE`, `CREATE VIEW`, `COPY INTO @stage`, an `UPDATE` whose `SET` reads another table)
 //! and may read classified data escapes masking: if it would be allowed or masked,
@@ -25,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::analysis::{Analysis, AnalysisError, StatementInfo, StatementKind};
+use crate::analysis::{Analysis, AnalysisError, OpaqueSource, StatementInfo, StatementKind};
 use crate::glob::{NameGlob, TextGlob};
 use crate::lineage::StatementLineage;
 use crate::names::{ColumnRef, TableName};
@@ -194,6 +202,10 @@ pub struct StatementDecision {
     pub kind: StatementKind,
     /// Tables read or written.
     pub tables: Vec<TableName>,
+    /// Data sources without a table name it reads ([`OpaqueSource::label`]s: `RESULT_SCAN`,
+    /// `TABLE(MY_UDTF)`, `@my_stage`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub opaque_sources: Vec<String>,
     /// Columns referenced (best effort).
     pub columns: Vec<ColumnRef>,
     /// Classification tags the statement may touch.
@@ -219,6 +231,56 @@ const REASON_UNRESOLVED: &str =
 const REASON_NO_RULE: &str = "no policy rule allows this statement (default deny)";
 /// How many columns or tables a `defaults.classified_copies` reason names.
 const COPY_NAMES: usize = 3;
+
+/// Why the data of a statement's opaque sources cannot be judged, naming the first (the
+/// result scan, if any) and counting the others; never literals, nor a stage's file path.
+fn opaque_why(sources: &BTreeSet<OpaqueSource>) -> String {
+    let Some(first) = sources.iter().next() else {
+        return String::new();
+    };
+    let mut why = match first {
+        OpaqueSource::ResultScan => "TABLE(RESULT_SCAN(…)) re-reads the result of an earlier \
+             query, which Tollgate may have masked, and cannot be traced to tables"
+            .to_owned(),
+        OpaqueSource::TableFunction { name } => {
+            format!("table function {name} returns data that cannot be traced to tables")
+        }
+        OpaqueSource::Stage { stage } => {
+            let name = match stage.find('/') {
+                Some(i) if stage.starts_with('@') => &stage[..i],
+                _ if stage.starts_with('@') => stage.as_str(),
+                _ => "location",
+            };
+            format!("reading stage {name} directly returns files that cannot be traced to tables")
+        }
+    };
+    if sources.len() > 1 {
+        why.push_str(&format!(
+            " (and {} more such source{})",
+            sources.len() - 1,
+            if sources.len() > 2 { "s" } else { "" }
+        ));
+    }
+    why
+}
+
+/// The `defaults.no_rule_matched` reason for a statement with opaque sources: what they are,
+/// that no rule names them, and what to do instead.
+fn opaque_no_rule_reason(sources: &BTreeSet<OpaqueSource>) -> String {
+    let advice = match sources.iter().next() {
+        Some(OpaqueSource::ResultScan) => {
+            "run the original query again instead of reading its result back"
+        }
+        Some(OpaqueSource::Stage { .. }) => {
+            "load the files into a table (COPY INTO) and query the table"
+        }
+        _ => "query the tables it reads directly",
+    };
+    format!(
+        "{}; no policy rule names it in match.sources (defaults.no_rule_matched); {advice}",
+        opaque_why(sources)
+    )
+}
 
 /// Statement kinds that copy what they read into another table or location. (`UPDATE` only
 /// when its `SET` values come from another table: see [`Policy::classified_copy_sources`].)
@@ -359,6 +421,14 @@ impl Policy {
                     default_action(self.defaults.unknown_statement, REASON_UNKNOWN),
                     (None, None),
                 ),
+                None if !st.opaque_sources.is_empty() => (
+                    "default:no_rule_matched".to_owned(),
+                    default_action(
+                        self.defaults.no_rule_matched,
+                        &opaque_no_rule_reason(&st.opaque_sources),
+                    ),
+                    (None, None),
+                ),
                 None => (
                     "default:no_rule_matched".to_owned(),
                     default_action(self.defaults.no_rule_matched, REASON_NO_RULE),
@@ -370,6 +440,7 @@ impl Policy {
         StatementDecision {
             kind: st.kind.clone(),
             tables: tables.into_iter().cloned().collect(),
+            opaque_sources: st.opaque_sources.iter().map(OpaqueSource::label).collect(),
             columns: st.columns.iter().cloned().collect(),
             tags: tags.into_iter().map(str::to_owned).collect(),
             rule_id,
@@ -382,7 +453,7 @@ impl Policy {
 
     /// Tags of classified columns the statement may touch: a `*` column touches every
     /// classified column of its table, a column of unknown table is tried against each table
-    /// of the statement.
+    /// of the statement (and as a column of any table when it may come from an opaque source).
     fn statement_tags<'p>(
         &'p self,
         st: &StatementInfo,
@@ -392,6 +463,7 @@ impl Policy {
         if self.classifications.is_empty() {
             return tags;
         }
+        let opaque = !st.opaque_sources.is_empty();
         for column in &st.columns {
             let col = if column.is_wildcard() {
                 None
@@ -399,7 +471,7 @@ impl Policy {
                 Some(column.column.as_str())
             };
             for class in &self.classifications {
-                let hit = for_each_owner(column, tables, |t| {
+                let hit = for_each_owner(column, tables, opaque, |t| {
                     let [d, s, tb] = t.map_or([None, None, None], TableName::parts);
                     class
                         .columns
@@ -417,8 +489,9 @@ impl Policy {
 
 impl Policy {
     /// Applies `defaults.classified_copies` to the `allow` or `mask` decision of a statement
-    /// that copies classified data into another table or location: deny (the reason names a
-    /// few of the columns or tables, never literals), or leave it be.
+    /// that copies classified data — or data of an opaque source, which may be classified —
+    /// into another table or location: deny (the reason names a few of the columns or tables,
+    /// or the opaque source, never literals), or leave it be.
     fn refine_copy(&self, st: &StatementInfo, action: Action) -> Action {
         if self.defaults.classified_copies == ClassifiedCopies::Allow
             || !matches!(action, Action::Allow | Action::Mask { .. })
@@ -428,7 +501,17 @@ impl Policy {
         }
         let names = self.classified_copy_sources(st);
         if names.is_empty() {
-            return action;
+            // An opaque source may hold classified data (an earlier masked result, say).
+            if st.opaque_sources.is_empty() {
+                return action;
+            }
+            return Action::Deny {
+                reason: format!(
+                    "{}; copying it into another table or location would escape masking \
+                     (defaults.classified_copies)",
+                    opaque_why(&st.opaque_sources)
+                ),
+            };
         }
         let mut list = names[..names.len().min(COPY_NAMES)].join(", ");
         if names.len() > COPY_NAMES {
@@ -515,14 +598,16 @@ impl Policy {
     /// Attaches the masked statement's column lineage to a mask decision's `plan`, or says
     /// why the statement must be denied instead:
     ///
-    /// - several statements, or a lineage that cannot be traced, on a statement that may touch
-    ///   classified (or plan-masked) data → `defaults.unknown_lineage` (deny, or a fallback);
+    /// - several statements, or a lineage that cannot be traced (an opaque source's never can),
+    ///   on a statement that may touch classified (or plan-masked) data →
+    ///   `defaults.unknown_lineage` (deny, or a fallback);
     /// - a filter, sort, group or join condition on a column the plan masks →
     ///   `defaults.masked_predicates` (a join comparing it with constant or computed values,
     ///   derived constants of a subquery, CTE or `VALUES` included, is named as such).
     fn refine_mask(&self, analysis: &Analysis, plan: &mut MaskPlan) -> Option<Action> {
         let statements = &analysis.statements;
         let known = match statements.as_slice() {
+            [only] if !only.opaque_sources.is_empty() => Err(opaque_why(&only.opaque_sources)),
             [only] => match &only.lineage {
                 Some(StatementLineage::Known(p)) => Ok(p),
                 Some(StatementLineage::Unknown { reason }) => Err(reason.clone()),
@@ -578,9 +663,13 @@ impl Policy {
     }
 
     /// Whether `st` may touch a classified column or a column a directive of `plan` names:
-    /// a classified column among its columns, a table some classification or directive glob
-    /// could match, or a classified lineage source.
+    /// an opaque source, a classified column among its columns, a table some classification
+    /// or directive glob could match, or a classified lineage source.
     fn may_touch_masked(&self, st: &StatementInfo, plan: &MaskPlan) -> bool {
+        if !st.opaque_sources.is_empty() {
+            // Its data is not named: it may be anything, an earlier masked result included.
+            return true;
+        }
         let tables: Vec<&TableName> = st.tables().collect();
         if !self.statement_tags(st, &tables).is_empty() {
             return true;
@@ -677,16 +766,18 @@ impl<'p> DirectiveGlobs<'p> {
     }
 }
 
-/// Whether `f` holds for some possible owner table of `column`.
+/// Whether `f` holds for some possible owner table of `column`: `None` (an unknown table)
+/// when the statement names no table or has an opaque source the column may come from.
 fn for_each_owner(
     column: &ColumnRef,
     tables: &[&TableName],
+    opaque: bool,
     mut f: impl FnMut(Option<&TableName>) -> bool,
 ) -> bool {
     match &column.table {
         Some(t) => f(Some(t)),
         None if tables.is_empty() => f(None),
-        None => tables.iter().any(|t| f(Some(t))),
+        None => tables.iter().any(|t| f(Some(t))) || (opaque && f(None)),
     }
 }
 
@@ -760,10 +851,24 @@ fn rule_matches(
     if !identity_matches(m, identity, restrictive) {
         return false;
     }
+    // An opaque source (`RESULT_SCAN`, a table function, a stage) may hold any table's data:
+    // a restrictive rule's `tables`, `columns` and `tags` count it as a match; a permissive
+    // rule covers it only by naming it in `sources`, whatever its other conditions say.
+    let opaque = !st.opaque_sources.is_empty();
+    let source_covered =
+        |globs: &[TextGlob], s: &OpaqueSource| globs.iter().any(|g| g.matches(&s.label()));
+    let sources_ok = match &m.sources {
+        Some(globs) if restrictive => st.opaque_sources.iter().any(|s| source_covered(globs, s)),
+        Some(globs) => st.opaque_sources.iter().all(|s| source_covered(globs, s)),
+        None => restrictive || !opaque,
+    };
+    if !sources_ok {
+        return false;
+    }
     if let Some(globs) = &m.tables {
         let covered = |t: &&TableName| globs.iter().any(|g| g.matches(&t.parts(), restrictive));
         let ok = if restrictive {
-            tables.iter().any(covered)
+            opaque || tables.iter().any(covered)
         } else {
             tables.iter().all(covered)
         };
@@ -773,17 +878,21 @@ fn rule_matches(
     }
     if let Some(globs) = &m.columns {
         let ok = if restrictive {
-            st.columns
-                .iter()
-                .any(|c| for_each_owner(c, tables, |t| column_matches(globs, t, c, true)))
+            opaque
+                || st.columns.iter().any(|c| {
+                    for_each_owner(c, tables, opaque, |t| column_matches(globs, t, c, true))
+                })
         } else {
             // Every possible owner of every column must be covered.
             st.columns.iter().all(|c| match &c.table {
                 Some(t) => column_matches(globs, Some(t), c, false),
                 None if tables.is_empty() => column_matches(globs, None, c, false),
-                None => tables
-                    .iter()
-                    .all(|t| column_matches(globs, Some(t), c, false)),
+                None => {
+                    tables
+                        .iter()
+                        .all(|t| column_matches(globs, Some(t), c, false))
+                        && (!opaque || column_matches(globs, None, c, false))
+                }
             })
         };
         if !ok {
@@ -793,7 +902,7 @@ fn rule_matches(
     if let Some(globs) = &m.tags {
         let covered = |t: &&str| globs.iter().any(|g| g.matches(t));
         let ok = if restrictive {
-            tags.iter().any(covered)
+            opaque || tags.iter().any(covered)
         } else {
             tags.iter().all(covered)
         };

@@ -1,7 +1,8 @@
 //! Tollgate's policy engine.
 //!
-//! - [`analyze`]: SQL text → [`Analysis`] (statement kinds, tables read and written, columns,
-//!   stage operations), Snowflake dialect, names resolved against the session's database and
+//! - [`analyze`]: SQL text → [`Analysis`] (statement kinds, tables read and written, data
+//!   sources without a table name ([`OpaqueSource`]), columns, stage operations), Snowflake
+//!   dialect, names resolved against the session's database and
 //!   schema. [`redact_literals`] and [`fingerprint`] give the audit trail a literal-free form.
 //! - [`Policy`]: a YAML policy file → validated → compiled once; [`Policy::evaluate`] turns an
 //!   identity and an analysis into a [`Decision`] (allow, deny, mask, require approval) naming
@@ -33,8 +34,8 @@ pub mod resolve;
 pub mod schema;
 
 pub use analysis::{
-    analyze, Analysis, AnalysisError, StageOp, StageOpKind, StatementInfo, StatementKind, UseKind,
-    UseTarget,
+    analyze, Analysis, AnalysisError, OpaqueSource, StageOp, StageOpKind, StatementInfo,
+    StatementKind, UseKind, UseTarget,
 };
 pub use evaluate::{
     Action, Decision, EvalInput, Fallback, Identity, MaskDirective, MaskPlan, Recording,

@@ -238,9 +238,10 @@ pub(crate) struct Rule {
 
 impl Rule {
     /// Deny and require_approval are restrictive: they apply when *any* table, column or tag
-    /// of the statement matches (and when an identity field is unknown). Allow and mask are
-    /// permissive: they apply only when they cover *every* table, column and tag (and never on
-    /// an unknown identity field).
+    /// of the statement matches (and when an identity field is unknown, or the statement has
+    /// an opaque source). Allow and mask are permissive: they apply only when they cover
+    /// *every* table, column and tag (and never on an unknown identity field, nor on an opaque
+    /// source their `sources` does not name).
     pub fn restrictive(&self) -> bool {
         matches!(self.action, ActionKind::Deny | ActionKind::RequireApproval)
     }
@@ -269,6 +270,8 @@ pub(crate) struct Matcher {
     pub host: Option<Vec<TextGlob>>,
     pub claims: Vec<(String, Vec<TextGlob>)>,
     pub tables: Option<Vec<NameGlob>>,
+    /// `match.sources`: globs on [`crate::OpaqueSource::label`]s.
+    pub sources: Option<Vec<TextGlob>>,
     pub columns: Option<Vec<NameGlob>>,
     pub tags: Option<Vec<TextGlob>>,
 }
@@ -979,6 +982,20 @@ impl Validator<'_> {
             }
         }
         m.tables = self.name_globs(i, "tables", &spec.tables, 3, "DB.SCHEMA.TABLE");
+        m.sources = self.text_globs(i, "sources", "sources", &spec.sources, true);
+        for (j, p) in spec.sources.iter().flatten().enumerate() {
+            if !p.is_empty() && !valid_source_pattern(p) {
+                let line = self.locator.rule_field(i, "sources", Some(p));
+                self.issue(
+                    line,
+                    format!("rules[{i}].match.sources[{j}]"),
+                    format!(
+                        "`{p}` names no kind of source; expected RESULT_SCAN, \
+                         TABLE(<function>), @<stage>[/path] (globs allowed) or *"
+                    ),
+                );
+            }
+        }
         m.columns = self.name_globs(i, "columns", &spec.columns, 4, "DB.SCHEMA.TABLE.COLUMN");
         m.tags = self.text_globs(i, "tags", "tags", &spec.tags, false);
         if let (Some(tag_globs), Some(raw)) = (&m.tags, &spec.tags) {
@@ -995,6 +1012,16 @@ impl Validator<'_> {
         }
         (m, kinds)
     }
+}
+
+/// A `match.sources` pattern names one kind of source: `RESULT_SCAN`, `TABLE(<function>)`,
+/// `@<stage>…`, or is `*` (every source).
+fn valid_source_pattern(pattern: &str) -> bool {
+    let upper = pattern.to_ascii_uppercase();
+    pattern.bytes().all(|b| b == b'*')
+        || upper == "RESULT_SCAN"
+        || (upper.starts_with("TABLE(") && upper.ends_with(')') && upper.len() > "TABLE()".len())
+        || (pattern.starts_with('@') && pattern.len() > 1)
 }
 
 fn valid_tag(tag: &str) -> bool {

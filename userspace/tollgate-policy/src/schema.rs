@@ -26,6 +26,7 @@
 //!       claims: { sub: ["ci-*"] }
 //!       statements: [select, read, …]           # kinds and groups
 //!       tables: ["CLINICAL.PUBLIC.*"]           # DB.SCHEMA.TABLE globs
+//!       sources: [RESULT_SCAN, "TABLE(MY_UDTF)", "@MY_STAGE*"]   # sources without a table name
 //!       columns: ["*.*.PATIENTS.SSN"]           # DB.SCHEMA.TABLE.COLUMN globs
 //!       tags: ["phi.*"]                         # classification tags touched
 //!     action: allow               # allow | deny | mask | require_approval
@@ -231,6 +232,12 @@ pub struct MatchSpec {
     /// `DB.SCHEMA.TABLE` globs.
     #[serde(default)]
     pub tables: Option<Vec<String>>,
+    /// Globs (case-insensitive) on the data sources without a table name that the rule
+    /// covers: `RESULT_SCAN`, `TABLE(<function>)`, `@<stage>[/path]`, or `*` (see
+    /// [`crate::OpaqueSource`]). A permissive rule matches a statement with such a source only
+    /// if this list names it.
+    #[serde(default)]
+    pub sources: Option<Vec<String>>,
     /// `DB.SCHEMA.TABLE.COLUMN` globs.
     #[serde(default)]
     pub columns: Option<Vec<String>>,
