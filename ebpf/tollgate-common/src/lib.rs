@@ -21,11 +21,24 @@ pub const MAP_PENDING: &str = "PENDING";
 /// Name of the LRU map `ClientKey → ConnectRecord` written once the client's source port is
 /// known (sockops `TCP_CONNECT_CB`).
 pub const MAP_ORIG_DST: &str = "ORIG_DST";
+/// Name of the LPM trie of destinations that are never redirected ("direct"): key
+/// `Key<[u8; 16]>` (a `u32` prefix length in bits, then an IPv6 address in network order, IPv4
+/// as IPv4-mapped with the prefix length counted from bit 0 of the mapped address, so
+/// `10.0.0.0/8` is `::ffff:10.0.0.0/104`), value a `DIRECT_*` reason (`u32`).
+pub const MAP_DIRECT: &str = "DIRECT";
 /// Every map, in the order the loader pins and reports them.
-pub const MAP_NAMES: [&str; 4] = [MAP_CONFIG, MAP_TARGET_PORTS, MAP_PENDING, MAP_ORIG_DST];
+pub const MAP_NAMES: [&str; 5] = [
+    MAP_CONFIG,
+    MAP_TARGET_PORTS,
+    MAP_DIRECT,
+    MAP_PENDING,
+    MAP_ORIG_DST,
+];
 
 /// Capacity of [`MAP_TARGET_PORTS`].
 pub const TARGET_PORTS_MAX_ENTRIES: u32 = 64;
+/// Capacity of [`MAP_DIRECT`]: loopback, the host's own addresses and configured ranges.
+pub const DIRECT_MAX_ENTRIES: u32 = 4096;
 /// Capacity of [`MAP_PENDING`]: connects in flight between `connect()` and the SYN.
 pub const PENDING_MAX_ENTRIES: u32 = 16_384;
 /// Capacity of [`MAP_ORIG_DST`]: redirected connections not yet claimed by the proxy.
@@ -71,6 +84,22 @@ pub const DEFAULT_SOCKET_MARK: u32 = 0x746f_6c6c;
 
 /// [`ProxyConfig::flags`] bit: redirection is enabled. Without it every hook lets connects pass.
 pub const CONFIG_FLAG_ENABLED: u32 = 1;
+/// [`ProxyConfig::flags`] bit: every destination port is intercepted and [`MAP_TARGET_PORTS`]
+/// is ignored. Without it only the ports in that map are.
+pub const CONFIG_FLAG_ALL_PORTS: u32 = 1 << 1;
+/// [`ProxyConfig::flags`] bit, written by the loader for `status` and ignored by the programs:
+/// the last attach could not look for connections opened before it (see
+/// [`ProxyConfig::preexisting_failed`]).
+pub const CONFIG_FLAG_PREEXISTING_UNCHECKED: u32 = 1 << 2;
+
+/// [`MAP_DIRECT`] value: a loopback range (`127.0.0.0/8`, `::1`).
+pub const DIRECT_LOOPBACK: u32 = 1;
+/// [`MAP_DIRECT`] value: one of the host's own addresses, as found at attach.
+pub const DIRECT_HOST_ADDRESS: u32 = 2;
+/// [`MAP_DIRECT`] value: a range configured to stay direct.
+pub const DIRECT_CONFIGURED: u32 = 3;
+/// Bits of a [`MAP_DIRECT`] key's address: an IPv4 prefix length `n` is stored as `96 + n`.
+pub const DIRECT_KEY_BITS: u32 = 128;
 
 /// The value of the one-slot [`MAP_CONFIG`] array.
 ///
@@ -96,6 +125,13 @@ pub struct ProxyConfig {
     pub mark: u32,
     /// `CONFIG_FLAG_*` bits.
     pub flags: u32,
+    /// Loader-only, for `status` (the programs ignore it): connections opened before the last
+    /// attach that it destroyed.
+    pub preexisting_destroyed: u32,
+    /// Loader-only, for `status` (the programs ignore it): connections opened before the last
+    /// attach that would now be redirected but could not be destroyed, so they still bypass
+    /// the proxy.
+    pub preexisting_failed: u32,
 }
 
 impl ProxyConfig {
@@ -107,6 +143,11 @@ impl ProxyConfig {
         self.listen_ip6 = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
         self.listen_port6 = u32::from(port.to_be());
         self
+    }
+
+    /// Whether every destination port is intercepted ([`CONFIG_FLAG_ALL_PORTS`]).
+    pub fn all_ports(&self) -> bool {
+        self.flags & CONFIG_FLAG_ALL_PORTS != 0
     }
 
     /// The listener port in host order.
@@ -223,10 +264,11 @@ mod tests {
     fn abi_sizes_and_alignments_are_pinned() {
         assert_eq!(
             (size_of::<ProxyConfig>(), align_of::<ProxyConfig>()),
-            (48, 8)
+            (56, 8)
         );
         assert_eq!(offset_of!(ProxyConfig, proxy_cgroup_id), 32);
         assert_eq!(offset_of!(ProxyConfig, flags), 44);
+        assert_eq!(offset_of!(ProxyConfig, preexisting_failed), 52);
         assert_eq!((size_of::<ClientKey>(), align_of::<ClientKey>()), (20, 2));
         assert_eq!(
             (size_of::<ConnectRecord>(), align_of::<ConnectRecord>()),
@@ -235,6 +277,27 @@ mod tests {
         assert_eq!(offset_of!(ConnectRecord, orig_port), 16);
         assert_eq!(offset_of!(ConnectRecord, cgroup_id), 40);
         assert_eq!(offset_of!(ConnectRecord, comm), 72);
+    }
+
+    #[test]
+    fn config_flags_are_distinct_bits() {
+        let flags = [
+            CONFIG_FLAG_ENABLED,
+            CONFIG_FLAG_ALL_PORTS,
+            CONFIG_FLAG_PREEXISTING_UNCHECKED,
+        ];
+        for (i, a) in flags.iter().enumerate() {
+            assert_eq!(a.count_ones(), 1);
+            for b in &flags[i + 1..] {
+                assert_eq!(a & b, 0);
+            }
+        }
+        let cfg = ProxyConfig {
+            flags: CONFIG_FLAG_ENABLED | CONFIG_FLAG_ALL_PORTS,
+            ..ProxyConfig::default()
+        };
+        assert!(cfg.all_ports());
+        assert!(!ProxyConfig::default().all_ports());
     }
 
     #[test]

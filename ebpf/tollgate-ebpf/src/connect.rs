@@ -10,6 +10,8 @@
 //! - `ctx->sk` is a full socket (`PTR_TO_SOCKET`, never NULL here); `mark` is readable.
 //! - An IPv4-mapped destination (`::ffff:a.b.c.d`) on an `AF_INET6` socket reaches only
 //!   `connect6` (`tcp_v6_connect` hands it to `tcp_v4_connect` later); `connect4` never sees it.
+//! - Only `SOCK_STREAM`/`IPPROTO_TCP` connects are considered: UDP (and its `connect()`) is
+//!   never touched.
 //! - Returning 1 allows the connect; returning 0 would fail it with `EPERM`. We always allow:
 //!   a hook that fails must not break the host's networking.
 
@@ -28,7 +30,7 @@ use tollgate_common::{
     v4_mapped, ConnectRecord, ProxyConfig, AF_INET, AF_INET6, IPPROTO_TCP, SOCK_STREAM,
 };
 
-use crate::maps::{enabled_config, PENDING, TARGET_PORTS};
+use crate::maps::{enabled_config, is_direct, PENDING, TARGET_PORTS};
 
 /// Why a connect was left alone. Not an error for the caller: every variant means "allow".
 enum Skip {
@@ -36,6 +38,10 @@ enum Skip {
     NotTcp,
     NotTargetPort,
     Proxy,
+    /// The destination is in the DIRECT map (loopback, a host address, a configured range).
+    Direct,
+    /// The destination is the proxy's own listener: redirecting it would only loop.
+    Listener,
     PendingFull(i32),
 }
 
@@ -64,14 +70,21 @@ pub fn tg_connect6(ctx: SockAddrContext) -> i32 {
 fn try_connect4(ctx: &SockAddrContext) -> Result<(), Skip> {
     let sa = ctx.sock_addr;
     let cfg = enabled_config().ok_or(Skip::NotConfigured)?;
-    let port = target_port(ctx)?;
+    let port = target_port(ctx, cfg)?;
     skip_proxy(ctx, cfg)?;
 
     // SAFETY: `sa` is the program's context pointer; the verifier checks every field access.
     let ip4 = unsafe { (*sa).user_ip4 };
+    if ip4 == cfg.listen_ip4 && port == cfg.listen_port() {
+        return Err(Skip::Listener);
+    }
+    let orig = v4_mapped(ip4.to_ne_bytes());
+    if is_direct(orig) {
+        return Err(Skip::Direct);
+    }
     // Fail closed: even when the record cannot be stored, the connect goes to the proxy, which
     // refuses a connection it knows nothing about. Never a direct path.
-    let remembered = remember(ctx, v4_mapped(ip4.to_ne_bytes()), port, AF_INET);
+    let remembered = remember(ctx, orig, port, AF_INET);
     unsafe {
         write_volatile(&mut (*sa).user_ip4, cfg.listen_ip4);
         write_volatile(&mut (*sa).user_port, cfg.listen_port4);
@@ -82,7 +95,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), Skip> {
 fn try_connect6(ctx: &SockAddrContext) -> Result<(), Skip> {
     let sa = ctx.sock_addr;
     let cfg = enabled_config().ok_or(Skip::NotConfigured)?;
-    let port = target_port(ctx)?;
+    let port = target_port(ctx, cfg)?;
     skip_proxy(ctx, cfg)?;
 
     // The verifier only accepts 4-byte accesses to `user_ip6[i]`: read and write word by word.
@@ -95,15 +108,24 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<(), Skip> {
             read_volatile(&(*sa).user_ip6[3]),
         ]
     };
+    let mapped_prefix = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    let is_mapped = words[0] == 0 && words[1] == 0 && words[2] == mapped_prefix;
+    if port == cfg.listen_port()
+        && (words == cfg.listen_ip6 || (is_mapped && words[3] == cfg.listen_ip4))
+    {
+        return Err(Skip::Listener);
+    }
     let mut orig = [0u8; 16];
     for (i, w) in words.iter().enumerate() {
         orig[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
     }
+    if is_direct(orig) {
+        return Err(Skip::Direct);
+    }
     // Fail closed, as in connect4: redirect even when the record cannot be stored.
     let remembered = remember(ctx, orig, port, AF_INET6);
 
-    let mapped_prefix = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-    let target = if words[0] == 0 && words[1] == 0 && words[2] == mapped_prefix {
+    let target = if is_mapped {
         // Java and other dual-stack clients connect to IPv4 through an AF_INET6 socket: the
         // rewritten address must stay IPv4-mapped, or the kernel would switch the socket to
         // real IPv6 and connect to a listener that may not exist.
@@ -121,9 +143,10 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<(), Skip> {
     remembered
 }
 
-/// The destination port (host order) when this is a TCP connect to an intercepted port.
+/// The destination port (host order) when this is a TCP connect to an intercepted port: any
+/// port with `CONFIG_FLAG_ALL_PORTS`, else one listed in TARGET_PORTS.
 #[inline(always)]
-fn target_port(ctx: &SockAddrContext) -> Result<u16, Skip> {
+fn target_port(ctx: &SockAddrContext, cfg: &ProxyConfig) -> Result<u16, Skip> {
     let sa = ctx.sock_addr;
     // SAFETY: context pointer, fields checked by the verifier.
     let (ty, proto, user_port) = unsafe { ((*sa).type_, (*sa).protocol, (*sa).user_port) };
@@ -132,6 +155,9 @@ fn target_port(ctx: &SockAddrContext) -> Result<u16, Skip> {
     }
     // The port's network-order bytes sit in the low 16 bits of the field.
     let port = u16::from_be(user_port as u16);
+    if cfg.all_ports() {
+        return Ok(port);
+    }
     // SAFETY: the value is a plain `u8` only ever replaced whole by userspace.
     if unsafe { TARGET_PORTS.get(port) }.is_none() {
         return Err(Skip::NotTargetPort);

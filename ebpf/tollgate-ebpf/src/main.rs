@@ -2,7 +2,8 @@
 //! `try_*` function that returns `Result`, and every hook *allows* the operation whatever
 //! happens inside it (a failed lookup means "not ours", never "deny").
 //!
-//! - `connect` (`cgroup/connect4`, `cgroup/connect6`): redirect TCP connects to target ports to
+//! - `connect` (`cgroup/connect4`, `cgroup/connect6`): redirect TCP connects to target ports
+//!   (every port with `CONFIG_FLAG_ALL_PORTS`) whose destination is not in the DIRECT trie to
 //!   the proxy's loopback listener, remembering the original destination and the caller.
 //! - `sockops` (`BPF_SOCK_OPS_TCP_CONNECT_CB`): re-key that record by the client's (ip, port).
 //! - `getsockopt` (`cgroup/getsockopt` on the proxy's cgroup): answer `SO_ORIGINAL_DST`.

@@ -3,11 +3,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, LruHashMap,
+    },
 };
 use tollgate_common::{
-    ClientKey, ConnectRecord, ProxyConfig, ORIG_DST_MAX_ENTRIES, PENDING_MAX_ENTRIES,
-    TARGET_PORTS_MAX_ENTRIES,
+    ClientKey, ConnectRecord, ProxyConfig, DIRECT_KEY_BITS, DIRECT_MAX_ENTRIES,
+    ORIG_DST_MAX_ENTRIES, PENDING_MAX_ENTRIES, TARGET_PORTS_MAX_ENTRIES,
 };
 
 /// Slot 0: the proxy's listener and the identities the hooks must never redirect.
@@ -17,6 +20,11 @@ pub static CONFIG: Array<ProxyConfig> = Array::with_max_entries(1, 0);
 /// Destination port (host order) → 1 for every port to intercept.
 #[map]
 pub static TARGET_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(TARGET_PORTS_MAX_ENTRIES, 0);
+
+/// Destination prefixes (IPv6, IPv4 as IPv4-mapped) that are never redirected → `DIRECT_*`
+/// reason: loopback, the host's own addresses, configured ranges.
+#[map]
+pub static DIRECT: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(DIRECT_MAX_ENTRIES, 0);
 
 /// Socket cookie → record, from `connect()` until the SYN is about to leave.
 #[map]
@@ -36,4 +44,10 @@ pub fn enabled_config() -> Option<&'static ProxyConfig> {
         return None;
     }
     Some(cfg)
+}
+
+/// Whether the destination `ip6` (IPv4 as IPv4-mapped) lies in a direct range.
+#[inline(always)]
+pub fn is_direct(ip6: [u8; 16]) -> bool {
+    DIRECT.get(Key::new(DIRECT_KEY_BITS, ip6)).is_some()
 }

@@ -8,6 +8,12 @@
 //! "connection refused", never a direct path. [`detach`] is the only way to remove it;
 //! [`status`] reports it.
 //!
+//! What is redirected: TCP connects from the target cgroups (and their descendants) to any
+//! port ([`TargetPorts::All`], the default) or to listed ports, except destinations that stay
+//! direct ([`DirectDestinations`]: loopback, the host's own addresses, configured ranges) and
+//! the proxy's own sockets. Connections opened before the attach would escape the hooks: the
+//! attach destroys those it would now redirect and reports them ([`AttachReport`]).
+//!
 //! Once attached, the proxy gets the original destination of an accepted connection with
 //! `getsockopt(SOL_IP | SOL_IPV6, SO_ORIGINAL_DST)` (emulated by the getsockopt program, so
 //! the same call works behind an iptables/nft REDIRECT) and the connecting process's identity
@@ -15,7 +21,10 @@
 //! no networking.
 #![deny(missing_docs)]
 
+mod diag;
+mod direct;
 mod error;
+mod existing;
 mod host;
 mod pins;
 mod redirector;
@@ -23,6 +32,7 @@ mod status;
 mod sys;
 
 use std::{
+    fmt,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     path::PathBuf,
 };
@@ -30,25 +40,104 @@ use std::{
 use serde::Serialize;
 use tollgate_common::{as_v4_mapped, ConnectRecord};
 
+pub use diag::TcpState;
+pub use direct::{DirectRange, DirectReason};
 pub use error::BpfError;
+pub use existing::{ExistingSocket, PreexistingConnections, UndestroyedSocket};
 pub use host::{cgroup2_mount, cgroup_id, preflight};
+pub use ipnet::IpNet;
 pub use pins::Hook;
-pub use redirector::Redirector;
+pub use redirector::{AttachReport, Redirector};
 pub use status::{
-    detach, status, ConfigStatus, DetachReport, KernelAttachment, LinkStatus, Status,
+    detach, status, ConfigStatus, DetachReport, KernelAttachment, LinkStatus, PreexistingStatus,
+    Status,
 };
 pub use tollgate_common::DEFAULT_SOCKET_MARK;
 
 /// The default pin directory.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/tollgate";
 
+/// Which destination ports of TCP connects are redirected.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetPorts {
+    /// Every port: a tunnel through an HTTP CONNECT or SOCKS proxy on any port reaches the
+    /// proxy too. The default.
+    #[default]
+    All,
+    /// Only these ports (at most 64).
+    Only(Vec<u16>),
+}
+
+impl TargetPorts {
+    /// Whether a connect to `port` is redirected.
+    pub fn contains(&self, port: u16) -> bool {
+        match self {
+            TargetPorts::All => true,
+            TargetPorts::Only(ports) => ports.contains(&port),
+        }
+    }
+}
+
+impl fmt::Display for TargetPorts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetPorts::All => f.write_str("all"),
+            TargetPorts::Only(ports) => {
+                let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+                write!(f, "[{}]", list.join(", "))
+            }
+        }
+    }
+}
+
+/// Destinations that are never redirected, whatever the port.
+///
+/// Every range here is a way around the proxy for the target processes; keep it to what must
+/// stay local. In particular a proxy running *outside* the target cgroups and listening on
+/// loopback or a host address would relay for them unaudited: remove `loopback` /
+/// `host_addresses` on such hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DirectDestinations {
+    /// `127.0.0.0/8`, `::1` and `::ffff:127.0.0.0/104` stay direct (default true).
+    pub loopback: bool,
+    /// The host's own addresses, as `getifaddrs` lists them at attach (default true).
+    /// Addresses added later are redirected until the next attach; removed ones stay direct.
+    pub host_addresses: bool,
+    /// Further ranges that stay direct (IPv4 ranges also match IPv4-mapped destinations).
+    pub cidrs: Vec<IpNet>,
+}
+
+impl DirectDestinations {
+    /// Nothing stays direct: every destination is redirected.
+    pub fn none() -> Self {
+        Self {
+            loopback: false,
+            host_addresses: false,
+            cidrs: Vec::new(),
+        }
+    }
+}
+
+impl Default for DirectDestinations {
+    fn default() -> Self {
+        Self {
+            loopback: true,
+            host_addresses: true,
+            cidrs: Vec::new(),
+        }
+    }
+}
+
 /// What to redirect, to where, and what never to redirect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedirectConfig {
     /// cgroup v2 directories whose processes are intercepted (their descendants too).
     pub cgroups: Vec<PathBuf>,
-    /// Destination TCP ports to intercept (443 for Snowflake).
-    pub ports: Vec<u16>,
+    /// Destination TCP ports to intercept (default: all).
+    pub ports: TargetPorts,
+    /// Destinations never redirected (default: loopback and the host's own addresses).
+    pub direct: DirectDestinations,
     /// The proxy's listener port on `127.0.0.1` and `[::1]`.
     pub listen_port: u16,
     /// The cgroup of the process that creates the listening socket: `SO_ORIGINAL_DST` is
@@ -66,7 +155,8 @@ impl Default for RedirectConfig {
     fn default() -> Self {
         Self {
             cgroups: Vec::new(),
-            ports: vec![443],
+            ports: TargetPorts::All,
+            direct: DirectDestinations::default(),
             listen_port: 15443,
             proxy_cgroup: PathBuf::new(),
             proxy_tgid: std::process::id(),
@@ -165,6 +255,23 @@ mod tests {
         assert_eq!(
             ConnectInfo::from(v6).orig_dst,
             "[fd00::1]:443".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn target_ports() {
+        assert!(TargetPorts::All.contains(3128));
+        assert!(TargetPorts::Only(vec![443]).contains(443));
+        assert!(!TargetPorts::Only(vec![443]).contains(1080));
+        assert_eq!(TargetPorts::All.to_string(), "all");
+        assert_eq!(
+            TargetPorts::Only(vec![443, 8443]).to_string(),
+            "[443, 8443]"
+        );
+        assert_eq!(RedirectConfig::default().ports, TargetPorts::All);
+        assert_eq!(
+            RedirectConfig::default().direct,
+            DirectDestinations::default()
         );
     }
 

@@ -1,7 +1,7 @@
 //! The layout of the pin directory and the hooks that live in it.
 //!
 //! ```text
-//! <pin_dir>/maps/{CONFIG,TARGET_PORTS,PENDING,ORIG_DST}   reused across restarts
+//! <pin_dir>/maps/{CONFIG,TARGET_PORTS,DIRECT,PENDING,ORIG_DST}   reused across restarts
 //! <pin_dir>/progs/<hook>                                  the programs the links run
 //! <pin_dir>/links/<hook>-<cgroup id>                      one link per hook and cgroup
 //! ```

@@ -9,21 +9,44 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapInfo, MapType},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, Map, MapData, MapInfo, MapType,
+    },
     programs::{CgroupSockAddr, CgroupSockopt, SockOps},
     Ebpf, EbpfLoader,
 };
+use serde::Serialize;
 use tollgate_common::{
-    ClientKey, ConnectRecord, ProxyConfig, CONFIG_FLAG_ENABLED, MAP_CONFIG, MAP_NAMES,
+    ClientKey, ConnectRecord, ProxyConfig, CONFIG_FLAG_ALL_PORTS, CONFIG_FLAG_ENABLED,
+    CONFIG_FLAG_PREEXISTING_UNCHECKED, DIRECT_MAX_ENTRIES, MAP_CONFIG, MAP_DIRECT, MAP_NAMES,
     MAP_ORIG_DST, MAP_PENDING, MAP_TARGET_PORTS, ORIG_DST_MAX_ENTRIES, PENDING_MAX_ENTRIES,
     TARGET_PORTS_MAX_ENTRIES,
 };
 
 use crate::{
+    direct::{self, DirectRange, DirectSet},
+    existing::{self, PreexistingConnections},
     host::{self, cgroup_id},
     pins::{pin_replace, Hook, PinLayout},
-    sys, BpfError, ConnectInfo, RedirectConfig,
+    sys, BpfError, ConnectInfo, RedirectConfig, TargetPorts,
 };
+
+/// What [`Redirector::attach`] did, for the log and the audit trail.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AttachReport {
+    /// Links in force (one per hook and cgroup).
+    pub links: usize,
+    /// The destinations that stay direct, as written to the kernel.
+    pub direct: Vec<DirectRange>,
+    /// Host addresses left out of `direct` because the map was full (they are redirected).
+    pub direct_dropped: usize,
+    /// Why the host's addresses could not be listed, if they could not (none is direct then).
+    pub host_addresses_error: Option<String>,
+    /// Connections of the target cgroups opened before this attach that it would now
+    /// redirect: destroyed, or not (those still bypass the proxy).
+    pub preexisting: PreexistingConnections,
+}
 
 /// The eBPF object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate-ebpf"));
@@ -36,6 +59,7 @@ pub struct Redirector {
     orig_dst: MapData,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pin_dir: PathBuf,
+    report: AttachReport,
 }
 
 impl std::fmt::Debug for Redirector {
@@ -50,6 +74,10 @@ impl Redirector {
     /// Loads the programs, reuses (or creates) the pinned maps, writes the configuration and
     /// attaches every hook as a pinned link, replacing the links of a previous run without a
     /// gap. Cgroups pinned by a previous run that `cfg` no longer lists are detached.
+    ///
+    /// Then destroys the TCP connections of the target cgroups that were opened before (and
+    /// that the hooks would now redirect), and records how many could not be destroyed where
+    /// [`crate::status`] finds it. [`Redirector::attach_report`] has the details.
     ///
     /// Runs [`crate::preflight`] first.
     pub fn attach(cfg: &RedirectConfig) -> Result<Self, BpfError> {
@@ -78,9 +106,33 @@ impl Redirector {
             }
         };
 
+        let proxy_cgroup_id =
+            cgroup_id(&cfg.proxy_cgroup).map_err(|source| BpfError::CgroupMissing {
+                path: cfg.proxy_cgroup.clone(),
+                source,
+            })?;
+        let mut report = AttachReport::default();
+        let host_addresses = if cfg.direct.host_addresses {
+            direct::host_addresses().unwrap_or_else(|e| {
+                log::warn!("listing the host's addresses failed ({e}): none stays direct");
+                report.host_addresses_error = Some(e.to_string());
+                Vec::new()
+            })
+        } else {
+            Vec::new()
+        };
+        let (ranges, dropped) = direct::direct_ranges(&cfg.direct, &host_addresses);
+        if dropped > 0 {
+            log::warn!(
+                "{dropped} host address(es) left out of the direct set (capacity {DIRECT_MAX_ENTRIES}): connects to them are redirected"
+            );
+        }
+        report.direct = ranges;
+        report.direct_dropped = dropped;
+
         // The maps are shared with the links of a previous run, which keep running until they
         // are replaced: writing the configuration first makes them use it too.
-        write_config(&mut ebpf, cfg)?;
+        write_config(&mut ebpf, cfg, proxy_cgroup_id, &report.direct)?;
 
         let mut progs = Vec::with_capacity(Hook::ALL.len());
         for hook in Hook::ALL {
@@ -127,18 +179,39 @@ impl Redirector {
                 })
             }
         };
+        report.links = wanted.len();
         log::info!(
-            "redirect attached: {} links pinned under {}, listener port {}",
+            "redirect attached: {} links pinned under {}, listener port {}, ports {}, {} direct range(s)",
             wanted.len(),
             cfg.pin_dir.display(),
-            cfg.listen_port
+            cfg.listen_port,
+            cfg.ports,
+            report.direct.len()
         );
+
+        // The hooks are in force: whatever is found now was connected before them.
+        report.preexisting = existing::close_preexisting(
+            &cfg.cgroups,
+            proxy_cgroup_id,
+            cfg.mark,
+            &cfg.ports,
+            DirectSet::new(&report.direct),
+            cfg.listen_port,
+        );
+        record_preexisting(&mut ebpf, &report.preexisting)?;
         Ok(Self {
             _ebpf: ebpf,
             orig_dst,
             logger,
             pin_dir: cfg.pin_dir.clone(),
+            report,
         })
+    }
+
+    /// What the attach did: links, direct destinations, and the pre-existing connections it
+    /// destroyed or could not destroy.
+    pub fn attach_report(&self) -> &AttachReport {
+        &self.report
     }
 
     /// Reads and removes the record of the redirected connection whose client end is `client`
@@ -195,6 +268,7 @@ pub(crate) fn expected_map_shape(name: &str) -> Option<(MapType, u32, u32, u32)>
     Some(match name {
         MAP_CONFIG => (MapType::Array, 4, size_of::<ProxyConfig>() as u32, 1),
         MAP_TARGET_PORTS => (MapType::Hash, 2, 1, TARGET_PORTS_MAX_ENTRIES),
+        MAP_DIRECT => (MapType::LpmTrie, 4 + 16, 4, DIRECT_MAX_ENTRIES),
         MAP_PENDING => (
             MapType::LruHash,
             8,
@@ -239,53 +313,133 @@ fn drop_incompatible_map_pins(layout: &PinLayout) {
     }
 }
 
-fn write_config(ebpf: &mut Ebpf, cfg: &RedirectConfig) -> Result<(), BpfError> {
-    let proxy_cgroup_id =
-        cgroup_id(&cfg.proxy_cgroup).map_err(|source| BpfError::CgroupMissing {
-            path: cfg.proxy_cgroup.clone(),
-            source,
-        })?;
+/// Writes DIRECT, TARGET_PORTS and CONFIG so that the running programs (a previous run's
+/// included) never see a state looser than either the old or the new configuration for long:
+/// new direct ranges and ports are added first, then the flags, then stale entries go.
+fn write_config(
+    ebpf: &mut Ebpf,
+    cfg: &RedirectConfig,
+    proxy_cgroup_id: u64,
+    direct: &[DirectRange],
+) -> Result<(), BpfError> {
+    let mut flags = CONFIG_FLAG_ENABLED;
+    let ports: &[u16] = match &cfg.ports {
+        TargetPorts::All => {
+            flags |= CONFIG_FLAG_ALL_PORTS;
+            &[]
+        }
+        TargetPorts::Only(ports) => ports,
+    };
     let value = ProxyConfig {
         proxy_tgid: cfg.proxy_tgid,
         proxy_cgroup_id,
         mark: cfg.mark,
-        flags: CONFIG_FLAG_ENABLED,
+        flags,
         ..ProxyConfig::default()
     }
     .with_loopback_listener(cfg.listen_port);
 
-    let map_err = |map, source| BpfError::Map { map, source };
-    let mut config: Array<_, ProxyConfig> = ebpf
-        .map_mut(MAP_CONFIG)
-        .ok_or_else(|| missing_map(MAP_CONFIG))?
-        .try_into()
-        .map_err(|e| map_err(MAP_CONFIG, e))?;
-    config
-        .set(0, value, 0)
-        .map_err(|e| map_err(MAP_CONFIG, e))?;
+    let keys: Vec<(u32, [u8; 16], u32)> = direct
+        .iter()
+        .map(|r| {
+            let (len, addr) = direct::lpm_key(&r.net);
+            (len, addr, r.reason.code())
+        })
+        .collect();
+    let stale_direct = {
+        let mut trie = direct_map(ebpf)?;
+        for (len, addr, reason) in &keys {
+            trie.insert(&Key::new(*len, *addr), reason, 0)
+                .map_err(|e| map_err(MAP_DIRECT, e))?;
+        }
+        let stale: Vec<Key<[u8; 16]>> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                !keys
+                    .iter()
+                    .any(|(len, addr, _)| k.prefix_len() == *len && k.data() == *addr)
+            })
+            .collect();
+        stale
+    };
 
-    let mut ports: HashMap<_, u16, u8> = ebpf
-        .map_mut(MAP_TARGET_PORTS)
-        .ok_or_else(|| missing_map(MAP_TARGET_PORTS))?
-        .try_into()
-        .map_err(|e| map_err(MAP_TARGET_PORTS, e))?;
-    // Add before removing: a port listed both times is never absent.
-    for port in &cfg.ports {
-        ports
-            .insert(port, 1, 0)
+    let stale_ports = {
+        let mut map = ports_map(ebpf)?;
+        // Add before removing: a port listed both times is never absent.
+        for port in ports {
+            map.insert(port, 1, 0)
+                .map_err(|e| map_err(MAP_TARGET_PORTS, e))?;
+        }
+        let stale: Vec<u16> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|p| !ports.contains(p))
+            .collect();
+        stale
+    };
+
+    set_config(ebpf, value)?;
+
+    let mut map = ports_map(ebpf)?;
+    for port in stale_ports {
+        map.remove(&port)
             .map_err(|e| map_err(MAP_TARGET_PORTS, e))?;
     }
-    let stale: Vec<u16> = ports
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|p| !cfg.ports.contains(p))
-        .collect();
-    for port in stale {
-        ports
-            .remove(&port)
-            .map_err(|e| map_err(MAP_TARGET_PORTS, e))?;
+    let mut trie = direct_map(ebpf)?;
+    for key in stale_direct {
+        trie.remove(&key).map_err(|e| map_err(MAP_DIRECT, e))?;
     }
     Ok(())
+}
+
+fn map_err(map: &'static str, source: aya::maps::MapError) -> BpfError {
+    BpfError::Map { map, source }
+}
+
+fn config_map(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, ProxyConfig>, BpfError> {
+    ebpf.map_mut(MAP_CONFIG)
+        .ok_or_else(|| missing_map(MAP_CONFIG))?
+        .try_into()
+        .map_err(|e| map_err(MAP_CONFIG, e))
+}
+
+fn set_config(ebpf: &mut Ebpf, value: ProxyConfig) -> Result<(), BpfError> {
+    config_map(ebpf)?
+        .set(0, value, 0)
+        .map_err(|e| map_err(MAP_CONFIG, e))
+}
+
+fn ports_map(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, u16, u8>, BpfError> {
+    ebpf.map_mut(MAP_TARGET_PORTS)
+        .ok_or_else(|| missing_map(MAP_TARGET_PORTS))?
+        .try_into()
+        .map_err(|e| map_err(MAP_TARGET_PORTS, e))
+}
+
+fn direct_map(ebpf: &mut Ebpf) -> Result<LpmTrie<&mut MapData, [u8; 16], u32>, BpfError> {
+    ebpf.map_mut(MAP_DIRECT)
+        .ok_or_else(|| missing_map(MAP_DIRECT))?
+        .try_into()
+        .map_err(|e| map_err(MAP_DIRECT, e))
+}
+
+/// Stores the pre-existing connection counts in CONFIG's loader-only fields, where
+/// [`crate::status`] reads them (bpffs holds no regular files, and the pins are exactly as
+/// long-lived as what they describe). Only those fields and one loader-only flag change; the
+/// bytes the programs read are rewritten with their current values.
+fn record_preexisting(ebpf: &mut Ebpf, pre: &PreexistingConnections) -> Result<(), BpfError> {
+    let mut value = config_map(ebpf)?
+        .get(&0, 0)
+        .map_err(|e| map_err(MAP_CONFIG, e))?;
+    value.preexisting_destroyed = u32::try_from(pre.destroyed.len()).unwrap_or(u32::MAX);
+    value.preexisting_failed = u32::try_from(pre.failed.len()).unwrap_or(u32::MAX);
+    if pre.scan_errors.is_empty() {
+        value.flags &= !CONFIG_FLAG_PREEXISTING_UNCHECKED;
+    } else {
+        value.flags |= CONFIG_FLAG_PREEXISTING_UNCHECKED;
+    }
+    set_config(ebpf, value)
 }
 
 fn missing_map(name: &'static str) -> BpfError {

@@ -7,14 +7,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData};
+use aya::maps::{lpm_trie::LpmTrie, Array, HashMap, Map, MapData};
 use serde::Serialize;
 use tollgate_common::{
-    ClientKey, ConnectRecord, ProxyConfig, CONFIG_FLAG_ENABLED, MAP_CONFIG, MAP_NAMES,
-    MAP_ORIG_DST, MAP_PENDING, MAP_TARGET_PORTS,
+    ClientKey, ConnectRecord, ProxyConfig, CONFIG_FLAG_ENABLED, CONFIG_FLAG_PREEXISTING_UNCHECKED,
+    MAP_CONFIG, MAP_DIRECT, MAP_NAMES, MAP_ORIG_DST, MAP_PENDING, MAP_TARGET_PORTS,
 };
 
 use crate::{
+    direct::{from_lpm_key, DirectRange, DirectReason},
     pins::{Hook, PinLayout},
     redirector::cgroup_path,
     sys, BpfError,
@@ -59,7 +60,7 @@ pub struct LinkStatus {
     pub pin: PathBuf,
 }
 
-/// The contents of the CONFIG and TARGET_PORTS maps.
+/// The contents of the CONFIG, TARGET_PORTS and DIRECT maps.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConfigStatus {
     /// Whether redirection is enabled.
@@ -74,8 +75,26 @@ pub struct ConfigStatus {
     pub proxy_cgroup_id: u64,
     /// The socket mark that is never redirected (0: none).
     pub mark: u32,
-    /// Intercepted destination ports, sorted.
+    /// Whether every destination port is intercepted (`target_ports` is then empty).
+    pub all_ports: bool,
+    /// Intercepted destination ports, sorted (when not `all_ports`).
     pub target_ports: Vec<u16>,
+    /// Destinations that stay direct, longest prefixes first.
+    pub direct: Vec<DirectRange>,
+    /// What the last attach did about connections opened before it.
+    pub preexisting: PreexistingStatus,
+}
+
+/// The last attach's sweep of pre-existing connections, as recorded in the pinned CONFIG map.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PreexistingStatus {
+    /// Connections destroyed.
+    pub destroyed: u32,
+    /// Connections that would be redirected but could not be destroyed: they still bypass
+    /// the proxy until they close.
+    pub failed: u32,
+    /// Some network namespace or dump could not be examined (see the attach log).
+    pub unchecked: bool,
 }
 
 /// Programs attached to one cgroup for one hook, according to the kernel.
@@ -167,6 +186,23 @@ pub fn status(pin_dir: &Path) -> Result<Status, BpfError> {
             target_ports = ports.keys().filter_map(Result::ok).collect();
             target_ports.sort_unstable();
         }
+        let mut direct = Vec::new();
+        if let Some(map) = open_map(&layout, MAP_DIRECT)? {
+            let trie: LpmTrie<_, [u8; 16], u32> =
+                map.try_into().map_err(|e| map_err(MAP_DIRECT, e))?;
+            for entry in trie.iter().filter_map(Result::ok) {
+                let (key, code) = entry;
+                if let (Some(net), Some(reason)) = (
+                    from_lpm_key(key.prefix_len(), key.data()),
+                    DirectReason::from_code(code),
+                ) {
+                    direct.push(DirectRange { net, reason });
+                }
+            }
+            direct.sort_by(|a, b| {
+                (a.reason, b.net.prefix_len(), a.net).cmp(&(b.reason, a.net.prefix_len(), b.net))
+            });
+        }
         status.config = Some(ConfigStatus {
             enabled: value.flags & CONFIG_FLAG_ENABLED != 0,
             listen_port: value.listen_port(),
@@ -175,7 +211,14 @@ pub fn status(pin_dir: &Path) -> Result<Status, BpfError> {
                 && Path::new(&format!("/proc/{}", value.proxy_tgid)).exists(),
             proxy_cgroup_id: value.proxy_cgroup_id,
             mark: value.mark,
+            all_ports: value.all_ports(),
             target_ports,
+            direct,
+            preexisting: PreexistingStatus {
+                destroyed: value.preexisting_destroyed,
+                failed: value.preexisting_failed,
+                unchecked: value.flags & CONFIG_FLAG_PREEXISTING_UNCHECKED != 0,
+            },
         });
     }
     if let Some(map) = open_map(&layout, MAP_PENDING)? {

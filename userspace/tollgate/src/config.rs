@@ -319,8 +319,19 @@ pub struct RedirectSection {
     /// cgroup v2 directories whose processes are redirected: absolute paths, or paths relative
     /// to the cgroup2 mount (`system.slice/agent.service`). Required in `ebpf` mode.
     pub cgroups: Vec<PathBuf>,
-    /// Destination TCP ports redirected (default `[443]`).
-    pub ports: Vec<u16>,
+    /// Destination TCP ports redirected: `all` (the default: a tunnel through an HTTP CONNECT
+    /// or SOCKS proxy on any port reaches Tollgate too) or a list such as `[443, 8443]` (at
+    /// most 64). UDP is never redirected.
+    pub ports: PortSelection,
+    /// Destinations that stay direct whatever the port: `loopback` (`127.0.0.0/8`, `::1`,
+    /// `::ffff:127.0.0.0/104`) and `host_addresses` (the host's own addresses when Tollgate
+    /// starts; addresses added later are redirected until the next start). Default both;
+    /// `[]` redirects them too. A proxy *outside* the agents' cgroups listening on one of
+    /// these would relay for them unaudited: leave its kind out on such hosts.
+    pub direct: Vec<DirectKind>,
+    /// Further destination ranges (CIDR, e.g. `10.0.0.0/8`, `fd00::/8`) that stay direct;
+    /// IPv4 ranges also match IPv4-mapped destinations. Default none.
+    pub direct_cidrs: Vec<String>,
     /// The cgroup Tollgate moves itself into (relative to the cgroup2 mount, or absolute);
     /// its connections are never redirected. Default `tollgate`.
     pub proxy_cgroup: PathBuf,
@@ -335,12 +346,104 @@ impl Default for RedirectSection {
         RedirectSection {
             mode: RedirectMode::Ebpf,
             cgroups: vec![],
-            ports: vec![443],
+            ports: PortSelection::All,
+            direct: vec![DirectKind::Loopback, DirectKind::HostAddresses],
+            direct_cidrs: vec![],
             proxy_cgroup: PathBuf::from("tollgate"),
             pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
             socket_mark: DEFAULT_SOCKET_MARK,
         }
     }
+}
+
+impl RedirectSection {
+    /// The ports for the loader.
+    pub fn target_ports(&self) -> tollgate_bpf::TargetPorts {
+        match &self.ports {
+            PortSelection::All => tollgate_bpf::TargetPorts::All,
+            PortSelection::List(ports) => tollgate_bpf::TargetPorts::Only(ports.clone()),
+        }
+    }
+
+    /// The direct destinations for the loader; the error names the bad `direct_cidrs` entry.
+    pub fn direct_destinations(&self) -> Result<tollgate_bpf::DirectDestinations, ConfigError> {
+        let cidrs = self
+            .direct_cidrs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                c.parse::<ipnet::IpNet>().map_err(|e| {
+                    invalid(
+                        format!("redirect.direct_cidrs[{i}]"),
+                        format!("`{c}` is not a CIDR range such as 10.0.0.0/8 or fd00::/8 ({e})"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(tollgate_bpf::DirectDestinations {
+            loopback: self.direct.contains(&DirectKind::Loopback),
+            host_addresses: self.direct.contains(&DirectKind::HostAddresses),
+            cidrs,
+        })
+    }
+}
+
+/// `redirect.ports`: `all`, or a list of ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortSelection {
+    /// Every destination port (`all`).
+    All,
+    /// Only these ports.
+    List(Vec<u16>),
+}
+
+impl Serialize for PortSelection {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            PortSelection::All => s.serialize_str("all"),
+            PortSelection::List(ports) => ports.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PortSelection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PortSelection;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`all` or a list of TCP ports")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PortSelection, E> {
+                if v == "all" {
+                    Ok(PortSelection::All)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<PortSelection, A::Error> {
+                let mut ports = Vec::new();
+                while let Some(p) = seq.next_element::<u16>()? {
+                    ports.push(p);
+                }
+                Ok(PortSelection::List(ports))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// An entry of `redirect.direct`: a kind of destination that stays direct.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirectKind {
+    /// Loopback destinations.
+    Loopback,
+    /// The host's own addresses.
+    HostAddresses,
 }
 
 /// `listen:` section.
@@ -607,13 +710,24 @@ impl Config {
                 return Err(invalid(format!("redirect.cgroups[{i}]"), "empty path"));
             }
         }
-        if r.ports.is_empty() {
+        let listed: &[u16] = match &r.ports {
+            PortSelection::All => &[],
+            PortSelection::List(ports) => ports,
+        };
+        if r.ports == PortSelection::List(Vec::new()) {
             return Err(invalid(
                 "redirect.ports",
-                "no destination port to redirect: Snowflake uses 443",
+                "no destination port to redirect: use `all` (the default) or list ports, e.g. [443]",
             ));
         }
-        for (i, p) in r.ports.iter().enumerate() {
+        if listed.len() > 64 {
+            return Err(invalid(
+                "redirect.ports",
+                format!("{} ports listed, at most 64 fit; use `all`", listed.len()),
+            ));
+        }
+        r.direct_destinations()?;
+        for (i, p) in listed.iter().enumerate() {
             if *p == 0 {
                 return Err(invalid(
                     format!("redirect.ports[{i}]"),
@@ -763,6 +877,8 @@ redirect:
   mode: ebpf
   cgroups: [/sys/fs/cgroup/unified/agents, system.slice/ci.service]
   ports: [443, 8443]
+  direct: [loopback, host_addresses]
+  direct_cidrs: [10.0.0.0/8]
   proxy_cgroup: tollgate
   pin_dir: /sys/fs/bpf/tollgate
   socket_mark: 1953459308
@@ -792,10 +908,92 @@ snowflake:
 "#,
         )
         .unwrap();
-        assert_eq!(c.redirect.ports, vec![443, 8443]);
+        assert_eq!(c.redirect.ports, PortSelection::List(vec![443, 8443]));
         assert_eq!(c.intercept.other_traffic, OtherTraffic::Block);
         assert_eq!(c.records_target(), "-");
         assert_eq!(c.snowflake.unknown_endpoints, UnknownEndpoints::Forward);
+    }
+
+    #[test]
+    fn redirect_ports_and_direct_destinations() {
+        // Defaults: every port, loopback and host addresses direct.
+        let c = with_cgroup();
+        assert_eq!(c.redirect.ports, PortSelection::All);
+        assert_eq!(c.redirect.target_ports(), tollgate_bpf::TargetPorts::All);
+        assert_eq!(
+            c.redirect.direct_destinations().unwrap(),
+            tollgate_bpf::DirectDestinations::default()
+        );
+
+        let c = Config::from_yaml(
+            "redirect:\n  cgroups: [agents]\n  ports: all\n  direct: [loopback]\n  direct_cidrs: [10.0.0.0/8, \"fd00::/8\"]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.redirect.ports, PortSelection::All);
+        let d = c.redirect.direct_destinations().unwrap();
+        assert!(d.loopback && !d.host_addresses);
+        assert_eq!(
+            d.cidrs,
+            vec![
+                "10.0.0.0/8".parse::<ipnet::IpNet>().unwrap(),
+                "fd00::/8".parse().unwrap()
+            ]
+        );
+
+        let c =
+            Config::from_yaml("redirect:\n  cgroups: [a]\n  ports: [443]\n  direct: []\n").unwrap();
+        assert_eq!(
+            c.redirect.target_ports(),
+            tollgate_bpf::TargetPorts::Only(vec![443])
+        );
+        assert_eq!(
+            c.redirect.direct_destinations().unwrap(),
+            tollgate_bpf::DirectDestinations::none()
+        );
+
+        // Round trip through YAML keeps both forms.
+        for ports in [PortSelection::All, PortSelection::List(vec![443, 3128])] {
+            let mut c = with_cgroup();
+            c.redirect.ports = ports.clone();
+            let text = serde_yaml_ng::to_string(&c).unwrap();
+            assert_eq!(
+                Config::from_yaml(&text).unwrap().redirect.ports,
+                ports,
+                "{text}"
+            );
+        }
+
+        for (yaml, want) in [
+            ("redirect:\n  ports: every\n", "redirect.ports"),
+            ("redirect:\n  ports: 443\n", "redirect.ports"),
+            ("redirect:\n  ports: [all]\n", "redirect.ports"),
+            ("redirect:\n  direct: [loopbacks]\n", "redirect.direct"),
+            ("redirect:\n  direct: loopback\n", "redirect.direct"),
+        ] {
+            let e = Config::from_yaml(yaml).unwrap_err();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+        let e = Config::from_yaml("redirect:\n  ports: every\n").unwrap_err();
+        assert!(e.contains("`all` or a list"), "{e}");
+    }
+
+    #[test]
+    fn the_hipaa_settings_profile_is_valid_and_closed() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies/profiles/hipaa.yaml");
+        let mut c = Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        // The profile names the installed policy; here, the same file from the repository.
+        c.policy = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies/hipaa.yaml"));
+        c.validate().unwrap();
+        assert_eq!(c.intercept.other_traffic, OtherTraffic::Block);
+        assert_eq!(c.intercept.other_protocols, OtherTraffic::Block);
+        assert_eq!(c.redirect.ports, PortSelection::All);
+        let (gate, _) = c.intercept.build().unwrap();
+        assert_eq!(
+            gate.classify("pypi.org").map(|(a, _)| a),
+            Some(GateAction::Passthrough)
+        );
+        assert!(gate.is_guarded("sfc-results.s3.us-west-2.amazonaws.com"));
     }
 
     #[test]
@@ -818,11 +1016,25 @@ snowflake:
             ("version", Box::new(|c| c.version = 2)),
             (
                 "redirect.ports[1]",
-                Box::new(|c| c.redirect.ports = vec![443, 0]),
+                Box::new(|c| c.redirect.ports = PortSelection::List(vec![443, 0])),
             ),
             (
                 "redirect.ports[0]",
-                Box::new(|c| c.redirect.ports = vec![15443]),
+                Box::new(|c| c.redirect.ports = PortSelection::List(vec![15443])),
+            ),
+            (
+                "redirect.ports",
+                Box::new(|c| c.redirect.ports = PortSelection::List(vec![])),
+            ),
+            (
+                "redirect.ports",
+                Box::new(|c| c.redirect.ports = PortSelection::List((1..=65).collect())),
+            ),
+            (
+                "redirect.direct_cidrs[1]",
+                Box::new(|c| {
+                    c.redirect.direct_cidrs = vec!["10.0.0.0/8".into(), "10.0.0.0/33".into()]
+                }),
             ),
             (
                 "redirect.pin_dir",

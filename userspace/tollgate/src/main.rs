@@ -81,9 +81,9 @@ pub struct RunArgs {
     /// cgroup v2 directory whose processes are redirected (repeatable; replaces the file's list).
     #[arg(long = "cgroup", value_name = "PATH")]
     cgroups: Vec<PathBuf>,
-    /// Destination TCP port to redirect (repeatable; replaces the file's list).
-    #[arg(long = "port", value_name = "N")]
-    ports: Vec<u16>,
+    /// Destination TCP port to redirect (repeatable; replaces the file's setting), or `all`.
+    #[arg(long = "port", value_name = "N|all", value_parser = parse_port)]
+    ports: Vec<PortArg>,
     /// SNI pattern to intercept (repeatable; replaces the file's or default list).
     #[arg(long = "intercept", value_name = "PATTERN")]
     intercept: Vec<String>,
@@ -144,6 +144,22 @@ pub struct RunArgs {
     clickhouse_password_file: Option<PathBuf>,
 }
 
+/// One `--port` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PortArg {
+    All,
+    Port(u16),
+}
+
+fn parse_port(s: &str) -> Result<PortArg, String> {
+    if s == "all" {
+        return Ok(PortArg::All);
+    }
+    s.parse()
+        .map(PortArg::Port)
+        .map_err(|e| format!("`{s}`: expected a TCP port or `all` ({e})"))
+}
+
 fn parse_resolve(s: &str) -> Result<(String, std::net::IpAddr), String> {
     let (host, ip) = s
         .split_once('=')
@@ -165,7 +181,19 @@ impl RunArgs {
             c.redirect.cgroups = self.cgroups.clone();
         }
         if !self.ports.is_empty() {
-            c.redirect.ports = self.ports.clone();
+            c.redirect.ports = if self.ports.contains(&PortArg::All) {
+                config::PortSelection::All
+            } else {
+                config::PortSelection::List(
+                    self.ports
+                        .iter()
+                        .filter_map(|p| match p {
+                            PortArg::Port(n) => Some(*n),
+                            PortArg::All => None,
+                        })
+                        .collect(),
+                )
+            };
         }
         if !self.intercept.is_empty() {
             c.intercept.patterns = self.intercept.clone();

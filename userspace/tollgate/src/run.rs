@@ -115,7 +115,8 @@ pub fn run(config: Config) -> Result<()> {
         }
         let rc = RedirectConfig {
             cgroups,
-            ports: config.redirect.ports.clone(),
+            ports: config.redirect.target_ports(),
+            direct: config.redirect.direct_destinations()?,
             listen_port: config.listen.port,
             proxy_cgroup: proxy_cgroup.clone(),
             proxy_tgid: std::process::id(),
@@ -256,9 +257,13 @@ pub fn run(config: Config) -> Result<()> {
     // refused (fail closed), and on a restart the previous run's pinned links keep refusing
     // until the listeners are back.
     let ebpf_redirects = match &redirect_cfg {
-        Some(rc) => Some(Arc::new(EbpfRedirects {
-            redirector: Mutex::new(Redirector::attach(rc)?),
-        })),
+        Some(rc) => {
+            let redirector = Redirector::attach(rc)?;
+            log_attach_report(redirector.attach_report());
+            Some(Arc::new(EbpfRedirects {
+                redirector: Mutex::new(redirector),
+            }))
+        }
         None => None,
     };
     let redirects: Arc<dyn Redirects> = match &ebpf_redirects {
@@ -322,7 +327,7 @@ pub fn run(config: Config) -> Result<()> {
         let addrs: Vec<String> = bound.local_addrs().iter().map(|a| a.to_string()).collect();
         match &redirect_cfg {
             Some(rc) => println!(
-                "tollgate ready: listening on {}; redirecting TCP ports {:?} from {} cgroup(s); records: {}; audit spool: {}",
+                "tollgate ready: listening on {}; redirecting TCP ports {} from {} cgroup(s); records: {}; audit spool: {}",
                 addrs.join(", "),
                 rc.ports,
                 rc.cgroups.len(),
@@ -349,6 +354,34 @@ pub fn run(config: Config) -> Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// Logs what the attach found: the direct destinations, and a summary of the connections older
+/// than the redirect (tollgate-bpf logs each one, with its pid and comm, as it handles it;
+/// those it could not destroy still bypass Tollgate).
+fn log_attach_report(report: &tollgate_bpf::AttachReport) {
+    let direct: Vec<String> = report
+        .direct
+        .iter()
+        .map(|r| format!("{} ({})", r.net, r.reason))
+        .collect();
+    info!(links = report.links, direct = ?direct, "redirect attached");
+    let pre = &report.preexisting;
+    if !pre.destroyed.is_empty() {
+        info!(
+            destroyed = pre.destroyed.len(),
+            "pre-existing connections of the target cgroups destroyed: they predate the redirect"
+        );
+    }
+    if !pre.failed.is_empty() {
+        warn!(
+            failed = pre.failed.len(),
+            "pre-existing connections could NOT be destroyed: they bypass tollgate until they close (`tollgate status` reports them)"
+        );
+    }
+    if !pre.scan_errors.is_empty() {
+        warn!(errors = ?pre.scan_errors, "pre-existing connections could not all be examined");
+    }
 }
 
 fn hostname() -> Option<String> {
@@ -407,9 +440,13 @@ pub fn status(pin_dir: &Path, json: bool) -> Result<()> {
     println!("redirect pinned at {}", pin_dir.display());
     if let Some(c) = &st.config {
         println!(
-            "  listener port {}, target ports {:?}, enabled {}, proxy pid {} ({})",
+            "  listener port {}, target ports {}, enabled {}, proxy pid {} ({})",
             c.listen_port,
-            c.target_ports,
+            if c.all_ports {
+                "all".to_owned()
+            } else {
+                format!("{:?}", c.target_ports)
+            },
             c.enabled,
             c.proxy_tgid,
             if c.proxy_alive {
@@ -443,6 +480,35 @@ pub fn status(pin_dir: &Path, json: bool) -> Result<()> {
                 "  warning: {:?} on cgroup {} has {:?} tollgate programs attached (expected 1)",
                 k.hook, k.cgroup_id, k.tollgate_programs
             );
+        }
+    }
+    if let Some(c) = &st.config {
+        let direct: Vec<String> = c
+            .direct
+            .iter()
+            .map(|r| format!("{} ({})", r.net, r.reason))
+            .collect();
+        println!(
+            "  direct (never redirected): {}",
+            if direct.is_empty() {
+                "nothing".to_owned()
+            } else {
+                direct.join(", ")
+            }
+        );
+        let pre = c.preexisting;
+        println!(
+            "  pre-existing connections destroyed at the last start: {}",
+            pre.destroyed
+        );
+        if pre.failed > 0 {
+            println!(
+                "  warning: {} pre-existing connections could not be destroyed: they bypass tollgate until they close (see the run log)",
+                pre.failed
+            );
+        }
+        if pre.unchecked {
+            println!("  warning: some pre-existing connections could not be examined at the last start (see the run log)");
         }
     }
     println!(
