@@ -567,6 +567,20 @@ async fn graceful_shutdown_drains_and_writes_every_record() {
     );
 }
 
+/// One heartbeat over an intercepted TLS stream, answered 200 by the upstream; the stream is
+/// closed afterwards.
+async fn heartbeat_over(tls: tokio_rustls::client::TlsStream<TcpStream>) {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let get = Request::get("/session/heartbeat")
+        .header("host", SNOWFLAKE_HOST)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(sender.send_request(get).await.unwrap().status(), 200);
+}
+
 /// Domain fronting: TLS to a destination that presents a Snowflake certificate, under another
 /// name or none, is blocked — and once an intercepted connection has shown where Snowflake
 /// lives, any other name to that address is blocked without a probe.
@@ -621,17 +635,7 @@ async fn fronting_to_a_snowflake_destination_is_blocked() {
     assert_eq!(server.handshakes.load(Ordering::SeqCst), 0);
 
     // An intercepted connection to the same destination teaches the gate its address.
-    let tls = proxy.tls_client(SNOWFLAKE_HOST, &[b"http/1.1"]).await;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let get = Request::get("/session/heartbeat")
-        .header("host", SNOWFLAKE_HOST)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    assert_eq!(sender.send_request(get).await.unwrap().status(), 200);
-    drop(sender);
+    heartbeat_over(proxy.tls_client(SNOWFLAKE_HOST, &[b"http/1.1"]).await).await;
     let record = proxy.next_record().await;
     assert_eq!(record.decision, Decision::Intercept);
     assert!(record.upstream_verified);
@@ -725,17 +729,7 @@ async fn connect_tunnels_meet_the_gate() {
     let (tcp, reply) = open("acct.snowflakecomputing.com:443").await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     let client_addr = tcp.local_addr().unwrap();
-    let tls = proxy.tls_over(tcp, SNOWFLAKE_HOST).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let get = Request::get("/session/heartbeat")
-        .header("host", SNOWFLAKE_HOST)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    assert_eq!(sender.send_request(get).await.unwrap().status(), 200);
-    drop(sender);
+    heartbeat_over(proxy.tls_over(tcp, SNOWFLAKE_HOST).await.unwrap()).await;
     let record = proxy.record_for(client_addr, &mut pending).await;
     assert_eq!(record.decision, Decision::Intercept, "{record:?}");
     assert_eq!(record.protocol.as_deref(), Some("http_connect"));
