@@ -110,7 +110,7 @@ fn workspace_root() -> PathBuf {
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     // The eBPF object is built by aya-build with `-Z build-std=core`, which stable rustc
-    // accepts only with RUSTC_BOOTSTRAP (DESIGN §4).
+    // accepts only with RUSTC_BOOTSTRAP (docs/design.md, "Facts measured here").
     c.env("RUSTC_BOOTSTRAP", "1");
     c
 }

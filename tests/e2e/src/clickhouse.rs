@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::snowflake::workspace_root;
-use crate::{free_port, hex, Service};
+use crate::{free_port, hex, retry_on_address_in_use, Service};
 
 /// Where `cargo xtask setup` puts the venv holding chdb, unless `TOLLGATE_CHDB_VENV` says
 /// otherwise.
@@ -82,16 +82,14 @@ pub struct ClickHouse {
 
 impl ClickHouse {
     /// Starts a server keeping its state in `<scratch_dir>/clickhouse`, on two free loopback
-    /// ports, and waits until it answers `SELECT 1` over HTTP.
+    /// ports, and waits until it answers `SELECT 1` over HTTP. The ports are chosen here (a
+    /// restart must find the same ones); when another process takes one before the server
+    /// listens, the start is tried again on others.
     pub fn start(scratch_dir: &Path) -> Result<Self> {
-        let http_port = free_port();
-        let mut tcp_port = free_port();
-        while tcp_port == http_port {
-            tcp_port = free_port();
-        }
         let data_dir = scratch_dir.join("clickhouse");
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
+        let (http_port, tcp_port) = two_ports();
         let mut ch = ClickHouse {
             service: None,
             log: scratch_dir.join("clickhouse.stderr.log"),
@@ -100,13 +98,27 @@ impl ClickHouse {
             tcp_port,
             users: Vec::new(),
         };
-        ch.restart()?;
+        let log = ch.log.clone();
+        let ports = std::cell::Cell::new((http_port, tcp_port));
+        retry_on_address_in_use(
+            &log,
+            || {
+                (ch.http_port, ch.tcp_port) = ports.get();
+                ch.start_once()
+            },
+            || ports.set(two_ports()),
+        )?;
         Ok(ch)
     }
 
     /// (Re)starts the server on the same data directory and ports (killing it first if it
-    /// runs) and waits until it answers over HTTP.
+    /// runs) and waits until it answers over HTTP. The ports stay the same (clients keep their
+    /// URL), so a port another process took meanwhile is an error here.
     pub fn restart(&mut self) -> Result<()> {
+        self.start_once()
+    }
+
+    fn start_once(&mut self) -> Result<()> {
         self.kill();
         let python = python_bin();
         if !python.exists() {
@@ -276,6 +288,17 @@ impl ClickHouse {
 impl Drop for ClickHouse {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Two distinct ports that were free a moment ago (HTTP, native TCP).
+fn two_ports() -> (u16, u16) {
+    let http = free_port();
+    loop {
+        let tcp = free_port();
+        if tcp != http {
+            return (http, tcp);
+        }
     }
 }
 

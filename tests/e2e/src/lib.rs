@@ -72,12 +72,60 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
         .context("no cgroup2 filesystem is mounted; mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified`")
 }
 
-/// A free TCP port on loopback (bound then released; good enough for tests that start at once).
+/// A TCP port on loopback that was free a moment ago (bound to port 0, then released).
+///
+/// Another process may take it before the component that is to listen on it does: start that
+/// component with [`retry_on_address_in_use`], which picks another port when the listen fails.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("binding 127.0.0.1:0")
+}
+
+/// How many ports a start tries before giving up.
+const PORT_ATTEMPTS: usize = 8;
+
+/// Runs `start` until it does not fail because its listening address is taken, at most
+/// [`PORT_ATTEMPTS`] times: before each retry `next_ports` chooses new ports. A start that
+/// fails for another reason fails at once. `log` is the file the component writes its errors
+/// to: only what a failed attempt added to it is searched for `EADDRINUSE`, so an old message
+/// cannot cause a retry.
+///
+/// This is for components that must be told their ports (the kernel redirect needs Tollgate's
+/// listener port before it listens; ClickHouse keeps its ports across restarts): those that can
+/// bind port 0 and report what they got need no retry.
+pub fn retry_on_address_in_use<T>(
+    log: &Path,
+    mut start: impl FnMut() -> Result<T>,
+    mut next_ports: impl FnMut(),
+) -> Result<T> {
+    let mut attempt = 1;
+    loop {
+        let seen = fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+        let err = match start() {
+            Ok(t) => return Ok(t),
+            Err(e) => e,
+        };
+        let added = fs::read(log)
+            .ok()
+            .and_then(|b| {
+                b.get(seen as usize..)
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+            })
+            .unwrap_or_default();
+        if attempt >= PORT_ATTEMPTS || !is_address_in_use(&format!("{added}\n{err:#}")) {
+            return Err(err);
+        }
+        eprintln!("port taken before the start ({attempt}/{PORT_ATTEMPTS}): trying others");
+        next_ports();
+        attempt += 1;
+    }
+}
+
+/// Whether an error text says `EADDRINUSE`.
+fn is_address_in_use(text: &str) -> bool {
+    text.contains("Address already in use") || text.contains("os error 98")
 }
 
 /// A test host: a network namespace joined to the host namespace by a veth pair, with an IPv4
@@ -482,7 +530,18 @@ impl Tollgate {
             proxy_cgroup,
             log: scratch.join("tollgate.log"),
         };
-        t.restart()?;
+        // The listener port goes into the redirect before Tollgate listens, so it is chosen
+        // here; when another process took it meanwhile, another one is.
+        let log = t.log.clone();
+        let port = std::cell::Cell::new(t.listen_port);
+        retry_on_address_in_use(
+            &log,
+            || {
+                t.listen_port = port.get();
+                t.restart()
+            },
+            || port.set(free_port()),
+        )?;
         Ok(t)
     }
 

@@ -162,6 +162,42 @@ impl World {
     }
 }
 
+/// What the shipper logs when a batch could not be shipped.
+const SHIPPING_FAILED: &str = "audit shipping to ClickHouse failed";
+
+impl World {
+    /// Waits until the shipper has caught up with the spool: its cursor (`shipped.json`) has
+    /// no batch in flight and is past the spool's last event. Once it has, every event the
+    /// spool holds was acknowledged by ClickHouse (or set aside) and no re-sent batch is still
+    /// on its way: a duplicate or an extra row would be in ClickHouse by then. Returns the
+    /// spool's events at that point.
+    fn wait_caught_up(&self, timeout: Duration) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let events = spool_events(&self.spool())?;
+            let end = events
+                .iter()
+                .filter_map(|e| e["host_seq"].as_u64())
+                .max()
+                .map_or(0, |last| last + 1);
+            let cursor: Value = std::fs::read(self.spool().join("shipped.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or(Value::Null);
+            if cursor["inflight"].is_null() && cursor["next"].as_u64() >= Some(end) && end > 0 {
+                return Ok(events);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the shipper did not catch up with the spool ({end} events) within {timeout:?}: cursor {cursor}; log:\n{}",
+                    tail(&self.tollgate.log())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
@@ -602,9 +638,21 @@ fn every_event_arrives_exactly_once_through_clickhouse_and_tollgate_kills() -> R
     };
     // ClickHouse dies mid-stream and comes back.
     wait_until(&w, 3_000)?;
+    let failures_before = w.tollgate.log().matches(SHIPPING_FAILED).count();
     w.clickhouse.kill();
     let killed_at = spool_events(&w.spool())?.len();
-    std::thread::sleep(Duration::from_secs(3));
+    // ClickHouse stays down until the shipper has met the outage (a batch failed), so that
+    // what follows is a recovery, not an outage nobody saw.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while w.tollgate.log().matches(SHIPPING_FAILED).count() == failures_before {
+        if Instant::now() > deadline {
+            bail!(
+                "the shipper never noticed ClickHouse was down; log:\n{}",
+                tail(&w.tollgate.log())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     w.clickhouse.restart()?;
     stop_merges(&w)?;
     eprintln!("ClickHouse killed at {killed_at} spooled events, restarted");
@@ -615,6 +663,7 @@ fn every_event_arrives_exactly_once_through_clickhouse_and_tollgate_kills() -> R
         "Tollgate killed at {} spooled events",
         spool_events(&w.spool())?.len()
     );
+    // A deliberate outage (not a wait for anything): agents meet refused connections.
     std::thread::sleep(Duration::from_secs(1));
     w.tollgate.restart()?;
     let mut out = Vec::new();
@@ -638,8 +687,13 @@ fn every_event_arrives_exactly_once_through_clickhouse_and_tollgate_kills() -> R
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    std::thread::sleep(Duration::from_secs(1));
-    let spooled = spool_ids(&w.spool())?;
+    // Absence of duplicates is judged once the shipper has caught up: no re-sent batch is
+    // still on its way then.
+    let spooled: std::collections::HashSet<String> = w
+        .wait_caught_up(Duration::from_secs(120))?
+        .iter()
+        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+        .collect();
     let total = w.count("SELECT count() FROM tollgate.events")?;
     let distinct = w.count("SELECT uniqExact(event_id) FROM tollgate.events")?;
     eprintln!(
@@ -721,8 +775,9 @@ fn an_event_clickhouse_refuses_is_set_aside_and_shipping_goes_on() -> Result<()>
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    std::thread::sleep(Duration::from_secs(2));
-    let spooled = spool_events(&w.spool())?;
+    // Exactly one is missing once the shipper has caught up (the refused event set aside, not
+    // retried into ClickHouse later).
+    let spooled = w.wait_caught_up(Duration::from_secs(60))?;
     let in_ch = w.count("SELECT count() FROM tollgate.events")?;
     assert_eq!(
         in_ch + 1,

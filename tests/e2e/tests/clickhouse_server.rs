@@ -11,7 +11,10 @@
 //! - access management by SQL is unavailable in this engine (`CREATE USER` → code 514), while a
 //!   declared insert-only user can INSERT over HTTP (headers or basic auth) and is refused
 //!   SELECT, DROP and ALTER (code 497, ACCESS_DENIED);
-//! - after kill -9 and restart on the same data directory, rows and users are still there.
+//! - after kill -9 and restart on the same data directory, rows and users are still there;
+//! - the sink's own statements (`tollgate_audit::clickhouse`: migrations, the reader) send
+//!   values as server-side query parameters, so values with quotes, backslashes, braces or
+//!   newlines are stored and matched unchanged.
 //!
 //! Needs the chdb venv from `cargo xtask setup` and `curl`; nothing here is skipped.
 
@@ -131,6 +134,133 @@ fn starts_on_loopback_with_a_modern_version_and_accepts_the_audit_table() -> Res
         )?
         .trim(),
         "['202605','202606']"
+    );
+    Ok(())
+}
+
+/// Values that break SQL built from strings, and would be altered by any escaping that
+/// does not match the server's.
+const AWKWARD: &[&str] = &[
+    "it's",
+    r"back\slash",
+    r"a'b\'c",
+    "{session:String}",
+    "{x:Identifier}",
+    "?",
+    "?fields",
+    "'; DROP TABLE tollgate.events; --",
+    "line\nbreak\ttab",
+    "\u{fc}n\u{ef}c\u{f6}d\u{e9} \u{2603}",
+    r"\N",
+    "",
+];
+
+#[test]
+fn the_sinks_parameterised_statements_carry_awkward_values_unchanged() -> Result<()> {
+    use tollgate_audit::clickhouse::{fetch, migrate, ClickHouseConfig, Selection};
+    let (_scratch, ch) = start("ch-params")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut cfg = ClickHouseConfig::new(ch.http_url());
+    // The migrations record their descriptions through parameters.
+    assert_eq!(rt.block_on(migrate(&cfg))?, vec![1, 2]);
+    assert_eq!(
+        ch.query("SELECT version, description FROM tollgate.schema_migrations ORDER BY version")?,
+        "1\tevents table\n2\tanalyst views\n"
+    );
+    assert_eq!(
+        rt.block_on(migrate(&cfg))?,
+        Vec::<u32>::new(),
+        "applied once"
+    );
+
+    // One event per awkward value (as its session and its host), one microsecond apart, and a
+    // decoy that a sloppy match (a prefix, an unescaped quote) would also find.
+    let mut rows = String::from("INSERT INTO tollgate.events FORMAT JSONEachRow\n");
+    let row = |i: usize, value: &str| {
+        serde_json::json!({
+            "event_id": format!("00000000-0000-4000-8000-{i:012}"),
+            "session_id": value,
+            "host": value,
+            "seq": 0,
+            "host_seq": i,
+            "ts": format!("2026-05-01 12:00:00.{i:06}"),
+            "kind": "login",
+        })
+        .to_string()
+    };
+    for (i, v) in AWKWARD.iter().enumerate() {
+        rows.push_str(&row(i + 1, v));
+        rows.push('\n');
+    }
+    rows.push_str(&row(999, "it's a decoy"));
+    rows.push('\n');
+    ch.query(&rows)?;
+
+    for (i, v) in AWKWARD.iter().enumerate() {
+        let by_session = rt.block_on(fetch(
+            &cfg,
+            &Selection {
+                session: Some((*v).to_owned()),
+                ..Selection::default()
+            },
+        ))?;
+        assert_eq!(by_session.len(), 1, "session {v:?}: {by_session:?}");
+        assert_eq!(by_session[0].session_id, *v);
+        assert_eq!(by_session[0].host, *v);
+        assert_eq!(by_session[0].host_seq, i as u64 + 1);
+        let by_host = rt.block_on(fetch(
+            &cfg,
+            &Selection {
+                host: Some((*v).to_owned()),
+                since_us: Some(by_session[0].ts_us),
+                until_us: Some(by_session[0].ts_us + 1),
+                ..Selection::default()
+            },
+        ))?;
+        assert_eq!(by_host.len(), 1, "host {v:?}: {by_host:?}");
+        assert_eq!(by_host[0].event_id, by_session[0].event_id);
+    }
+    // The time range alone: exactly the events inside it.
+    let mut all = rt.block_on(fetch(&cfg, &Selection::default()))?;
+    assert_eq!(all.len(), AWKWARD.len() + 1);
+    all.sort_by_key(|e| e.host_seq);
+    let mut window = rt.block_on(fetch(
+        &cfg,
+        &Selection {
+            since_us: Some(all[1].ts_us),
+            until_us: Some(all[3].ts_us),
+            ..Selection::default()
+        },
+    ))?;
+    window.sort_by_key(|e| e.host_seq);
+    assert_eq!(
+        window.iter().map(|e| e.host_seq).collect::<Vec<_>>(),
+        vec![2, 3],
+        "{window:?}"
+    );
+
+    // The writer's password is a parameter too: the statement parses and reaches the access
+    // storage, which this engine does not have (code 514), whatever the password holds.
+    cfg.create_writer = true;
+    cfg.admin_user = Some("default".into());
+    cfg.user = "tollgate_writer".into();
+    cfg.password = Some(r"pa'ss\{word:String}".into());
+    let err = rt
+        .block_on(migrate(&cfg))
+        .expect_err("CREATE USER is unavailable here");
+    assert!(err.to_string().contains("Code: 514"), "{err}");
+    // A name that is not a plain identifier is refused before anything is sent.
+    cfg.database = "tollgate`; DROP DATABASE tollgate; --".into();
+    let err = rt.block_on(migrate(&cfg)).expect_err("bad database name");
+    assert!(
+        err.to_string().contains("not a usable database name"),
+        "{err}"
+    );
+    assert_eq!(
+        ch.query("SELECT count() FROM tollgate.events")?.trim(),
+        (AWKWARD.len() + 1).to_string()
     );
     Ok(())
 }
@@ -308,6 +438,8 @@ fn kill_9_then_restart_keeps_rows_users_and_ports() -> Result<()> {
     // Kill in the middle of a stream of inserts (another thread, its own curl processes):
     // every acknowledged insert survives; the one cut off may or may not have landed.
     let url = ch.http_url();
+    let acked_so_far = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let progress = acked_so_far.clone();
     let inserter = std::thread::spawn(move || {
         let mut acked = 0u64;
         for i in 0..2000u32 {
@@ -323,10 +455,20 @@ fn kill_9_then_restart_keeps_rows_users_and_ports() -> Result<()> {
                 break;
             }
             acked += 1;
+            progress.store(acked, std::sync::atomic::Ordering::SeqCst);
         }
         acked
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill once the stream is flowing (a few inserts acknowledged), well before its end.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked_so_far.load(std::sync::atomic::Ordering::SeqCst) < 20 {
+        assert!(
+            Instant::now() < deadline && !inserter.is_finished(),
+            "the inserts did not get going: {} acknowledged",
+            acked_so_far.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     ch.kill();
     let acked = inserter.join().expect("inserter thread");
     eprintln!("[ch-kill] {acked} inserts acknowledged before kill -9");

@@ -245,14 +245,21 @@ fn python_driver_through_tollgate() -> Result<()> {
         assert_eq!(r["ok"], true, "{r}");
         assert_eq!(r["rows"], json!([[i + 1]]));
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let busy = w
-        .tollgate
-        .records()
-        .into_iter()
-        .filter(|r| !before.iter().any(|b| r["id"] == b.as_str()))
-        .filter(|r| r["decision"] == "intercept" && r["requests"].as_u64().unwrap_or(0) > 0)
-        .count();
+    // Records are written as Tollgate sees each connection close, which may be just after the
+    // driver has exited: wait for them.
+    let busy = || {
+        w.tollgate
+            .records()
+            .into_iter()
+            .filter(|r| !before.iter().any(|b| r["id"] == b.as_str()))
+            .filter(|r| r["decision"] == "intercept" && r["requests"].as_u64().unwrap_or(0) > 0)
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while busy() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let busy = busy();
     assert!(
         busy >= 2,
         "expected several connections for one session, saw {busy}"

@@ -140,6 +140,18 @@ fn addr(a: SocketAddr) -> String {
     a.to_string()
 }
 
+/// The position of a record's connection in the order Tollgate accepted connections: record
+/// ids are `<start time>-<n>` with `n` counting accepts from 1, whatever order the records
+/// are written in. So a record with `n = k` proves that exactly `k - 1` connections were
+/// accepted before it, including any whose record is not written yet.
+fn accept_seq(rec: &Value) -> u64 {
+    rec["id"]
+        .as_str()
+        .and_then(|id| id.rsplit_once('-'))
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("record without a `<start>-<n>` id: {rec}"))
+}
+
 #[test]
 fn passthrough_is_byte_exact_both_ways_and_recorded() -> Result<()> {
     let w = World::new()?;
@@ -344,9 +356,33 @@ fn sibling_cgroup_and_other_ports_are_not_redirected() -> Result<()> {
         assert_eq!(r["status"], 200, "{r}");
     }
     server.wait_line(Duration::from_secs(5), |l| l.contains("\"request\""))?;
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        tg.records().is_empty(),
+    // The sentinel: a target connection after them, intercepted. Had either of the first two
+    // been redirected, Tollgate would have accepted it first.
+    let (pid, r) = client(
+        &w.agents,
+        &[
+            "--connect",
+            &addr(w.host.v4(443)),
+            "--sni",
+            SF_NAME,
+            "--ca",
+            tg.ca_cert().to_str().unwrap(),
+            "--mode",
+            "http",
+        ],
+    )?;
+    assert_eq!(r["status"], 200, "sentinel: {r}\n{}", tg.log());
+    let sentinel = tg.wait_record(Duration::from_secs(10), |r| r["process"]["tgid"] == pid)?;
+    assert_eq!(sentinel["decision"], "intercept", "{sentinel}");
+    assert_eq!(
+        accept_seq(&sentinel),
+        1,
+        "Tollgate accepted non-target traffic before the sentinel: {:#?}",
+        tg.records()
+    );
+    assert_eq!(
+        tg.records().len(),
+        1,
         "non-target traffic was recorded: {:#?}",
         tg.records()
     );
@@ -419,13 +455,28 @@ fn sigkill_fails_closed_and_restart_resumes_without_duplicate_links() -> Result<
         "reached upstream while tollgate was down: {r}"
     );
     assert_eq!(r["kind"], "ConnectionRefused", "{r}");
-    std::thread::sleep(Duration::from_millis(300));
+    // The sentinel: a direct connection (a sibling cgroup is not redirected) after the refused
+    // one. The server logs accepts in order, so had the refused attempt reached it, its accept
+    // would come first.
+    let direct = args(w.pki.join("ca.pem").to_str().unwrap());
+    let (_, sentinel) = client(
+        &w.sibling,
+        &direct.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
+    assert_eq!(sentinel["status"], 200, "sentinel: {sentinel}");
+    let echo: Value = serde_json::from_str(sentinel["body"].as_str().unwrap_or_default())
+        .with_context(|| format!("sentinel body: {sentinel}"))?;
+    let seen: Vec<Value> = server.lines()[accepts_before..]
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let accepts: Vec<&Value> = seen.iter().filter(|l| l["event"] == "accept").collect();
     assert_eq!(
-        server.lines().len(),
-        accepts_before,
-        "the upstream saw a connection while tollgate was down: {:?}",
-        server.lines()
+        accepts.first().map(|a| &a["peer"]),
+        Some(&echo["peer"]),
+        "the upstream saw a connection while tollgate was down: {seen:?}"
     );
+    assert_eq!(accepts.len(), 1, "{seen:?}");
 
     tg.restart()?;
     let a = args(&ca);
@@ -481,10 +532,36 @@ fn tollgate_own_upstream_connections_never_loop() -> Result<()> {
         ],
     )?;
     assert_eq!(r["status"], 200, "{r}\n{}", tg.log());
-    std::thread::sleep(Duration::from_millis(300));
+    // The sentinel: a second agent connection. A looped upstream connection of the first
+    // would have been accepted before it.
+    let (pid, r) = client(
+        &w.agents,
+        &[
+            "--connect",
+            &addr(w.host.v4(443)),
+            "--sni",
+            SF_NAME,
+            "--ca",
+            tg.ca_cert().to_str().unwrap(),
+            "--mode",
+            "http",
+        ],
+    )?;
+    assert_eq!(r["status"], 200, "sentinel: {r}\n{}", tg.log());
+    let sentinel = tg.wait_record(Duration::from_secs(10), |r| r["process"]["tgid"] == pid)?;
+    let first = tg.wait_record(Duration::from_secs(10), |r| r["id"] != sentinel["id"])?;
+    assert_eq!(
+        (accept_seq(&first), accept_seq(&sentinel)),
+        (1, 2),
+        "one connection, one accept: {:#?}",
+        tg.records()
+    );
     let recs = tg.records();
-    assert_eq!(recs.len(), 1, "one connection, one record: {recs:#?}");
-    assert_eq!(recs[0]["decision"], "intercept");
+    assert_eq!(recs.len(), 2, "one connection, one record: {recs:#?}");
+    assert!(
+        recs.iter().all(|r| r["decision"] == "intercept"),
+        "{recs:#?}"
+    );
     Ok(())
 }
 

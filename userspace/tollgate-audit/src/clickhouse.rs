@@ -24,6 +24,19 @@
 //! is split until the offending event is alone, which is set aside in `quarantine/` (it stays in
 //! the spool too) and logged, and shipping goes on. Configuration errors (unknown table, access
 //! denied, authentication) pause shipping with a long back-off and a clear log line.
+//!
+//! # SQL
+//! No value is ever spliced into SQL text: values travel as ClickHouse server-side query
+//! parameters (`{session:String}` in the statement, `param_session=…` beside it, sent by the
+//! client as form fields), so a session id, host name or password holding quotes, backslashes
+//! or braces reaches the server unchanged and can change nothing but the value. The names
+//! that ClickHouse cannot take as parameters everywhere (the database, the cluster and the
+//! writer user, in DDL and view bodies, where a `{name:Identifier}` would make a view
+//! parameterised) come from the configuration, are checked by
+//! [`ClickHouseConfig::validate`] (letters, digits, `_`, `-`, `.`) and are written
+//! back-quoted. The retention in days is a typed integer formatted into the table's TTL:
+//! ClickHouse stores a TTL's expression text with the table, where a parameter would persist
+//! as a cast and no longer compare equal to the configured retention.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,6 +110,32 @@ impl ClickHouseConfig {
             linger: Duration::from_millis(200),
             cluster: None,
         }
+    }
+
+    /// Checks the names that are written into SQL (database, cluster, writer user): each
+    /// must be 1 to 255 ASCII letters, digits, `_`, `-` or `.`. Called by [`migrate`] and
+    /// [`fetch`] before any statement is sent; call it at configuration time to report a bad
+    /// name early.
+    pub fn validate(&self) -> Result<(), ShipError> {
+        let mut names = vec![("database", self.database.as_str())];
+        if let Some(cluster) = &self.cluster {
+            names.push(("cluster", cluster.as_str()));
+        }
+        if self.create_writer {
+            names.push(("user", self.user.as_str()));
+        }
+        for (field, name) in names {
+            if !is_identifier(name) {
+                return Err(ShipError::Config {
+                    what: format!("checking the ClickHouse {field} name"),
+                    code: 0,
+                    detail: format!(
+                        "{name:?} is not a usable {field} name: use 1 to 255 ASCII letters, digits, `_`, `-` or `.`"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn client(&self, user: &str, password: Option<&str>) -> Client {
@@ -400,7 +439,8 @@ GROUP BY session_id, host",
         version: 3,
         description: "insert-only writer",
         statements: &[
-            "CREATE USER IF NOT EXISTS {writer} {on_cluster} IDENTIFIED WITH sha256_password BY {password} HOST LOCAL",
+            // The password is a server-side parameter (`param_password`), never SQL text.
+            "CREATE USER IF NOT EXISTS {writer} {on_cluster} IDENTIFIED WITH sha256_password BY {password:String} HOST LOCAL",
             "GRANT {on_cluster} INSERT ON {db}.events TO {writer}",
         ],
     },
@@ -409,18 +449,22 @@ GROUP BY session_id, host",
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = 3;
 
-/// Quotes a ClickHouse identifier.
-fn ident(s: &str) -> String {
-    format!("`{}`", s.replace('\\', "\\\\").replace('`', "\\`"))
+/// Whether `s` is a name [`ClickHouseConfig::validate`] accepts.
+fn is_identifier(s: &str) -> bool {
+    (1..=255).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
-/// Quotes a string literal.
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+/// A validated name (see [`is_identifier`]), back-quoted for SQL.
+fn ident(s: &str) -> String {
+    debug_assert!(is_identifier(s), "{s:?} was not validated");
+    format!("`{s}`")
 }
 
 /// Creates or migrates the schema; returns the versions applied now.
 pub async fn migrate(cfg: &ClickHouseConfig) -> Result<Vec<u32>, ShipError> {
+    cfg.validate()?;
     let admin = cfg.admin();
     let db = ident(&cfg.database);
     let on_cluster = cfg
@@ -433,20 +477,16 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<Vec<u32>, ShipError> {
     } else {
         "ReplacingMergeTree"
     };
-    let run = |sql: String| {
-        let admin = admin.clone();
-        async move {
-            admin
-                .query(&sql)
-                .execute()
-                .await
-                .map_err(|e| ShipError::from_clickhouse(&e, "migrating the audit schema"))
-        }
+    let run = |query: clickhouse::query::Query| async move {
+        query
+            .execute()
+            .await
+            .map_err(|e| ShipError::from_clickhouse(&e, "migrating the audit schema"))
     };
-    run(format!("CREATE DATABASE IF NOT EXISTS {db} {on_cluster}")).await?;
-    run(format!(
+    run(admin.query(&format!("CREATE DATABASE IF NOT EXISTS {db} {on_cluster}"))).await?;
+    run(admin.query(&format!(
         "CREATE TABLE IF NOT EXISTS {db}.schema_migrations {on_cluster} (version UInt32, description String, applied_at DateTime64(6, 'UTC') DEFAULT now64(6)) ENGINE = MergeTree ORDER BY version"
-    ))
+    )))
     .await?;
     let applied: Vec<u32> = admin
         .query(&format!("SELECT version FROM {db}.schema_migrations"))
@@ -467,35 +507,42 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<Vec<u32>, ShipError> {
                 .replace("{on_cluster}", &on_cluster)
                 .replace("{columns}", EVENT_COLUMNS)
                 .replace("{engine}", engine)
-                .replace("{retention_days}", &cfg.retention_days.to_string())
-                .replace("{writer}", &ident(&cfg.user))
-                .replace(
-                    "{password}",
-                    &literal(cfg.password.as_deref().unwrap_or("")),
-                );
-            run(sql).await?;
+                .replace("{retention_days}", &cfg.retention_days.to_string());
+            // Only the writer migration names the writer (it runs only with create_writer,
+            // which is when validate checked the name).
+            let sql = if sql.contains("{writer}") {
+                sql.replace("{writer}", &ident(&cfg.user))
+            } else {
+                sql
+            };
+            let mut query = admin.query(&sql);
+            if sql.contains("{password:String}") {
+                query = query.param("password", cfg.password.as_deref().unwrap_or(""));
+            }
+            run(query).await?;
         }
-        run(format!(
-            "INSERT INTO {db}.schema_migrations (version, description) VALUES ({}, {})",
-            m.version,
-            literal(m.description)
-        ))
+        run(admin
+            .query(&format!(
+                "INSERT INTO {db}.schema_migrations (version, description) VALUES ({{version:UInt32}}, {{description:String}})"
+            ))
+            .param("version", m.version)
+            .param("description", m.description))
         .await?;
         now.push(m.version);
     }
     // Retention follows the configuration.
     let want = format!("toIntervalDay({})", cfg.retention_days);
     let ddl: String = admin
-        .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = 'events'")
-        .bind(cfg.database.as_str())
+        .query("SELECT engine_full FROM system.tables WHERE database = {database:String} AND name = 'events'")
+        .param("database", cfg.database.as_str())
         .fetch_one::<String>()
         .await
         .unwrap_or_default();
     if !ddl.is_empty() && !ddl.contains(&want) {
-        run(format!(
+        run(admin.query(&format!(
             "ALTER TABLE {db}.events {on_cluster} MODIFY TTL toDateTime(ts) + INTERVAL {} DAY",
             cfg.retention_days
-        ))
+        )))
         .await?;
         info!(days = cfg.retention_days, "audit retention changed");
     }
@@ -856,23 +903,48 @@ pub struct Selection {
 /// Reads events back (every copy, not merged: verification must see duplicates and
 /// conflicts). For a time range, whole chains that have an event in the range are read.
 pub async fn fetch(cfg: &ClickHouseConfig, sel: &Selection) -> Result<Vec<Event>, ShipError> {
+    cfg.validate()?;
     let client = cfg.admin().with_database(&cfg.database);
-    let mut conds = Vec::new();
+    let sql = select_events_sql(sel);
+    let mut query = client.query(&sql);
     if let Some(s) = &sel.session {
-        conds.push(format!("session_id = {}", literal(s)));
+        query = query.param("session", s.as_str());
     }
     if let Some(h) = &sel.host {
-        conds.push(format!("host = {}", literal(h)));
+        query = query.param("host", h.as_str());
     }
-    let mut range = Vec::new();
     if let Some(t) = sel.since_us {
-        range.push(format!("ts >= fromUnixTimestamp64Micro({t}, 'UTC')"));
+        query = query.param("since_us", t);
     }
     if let Some(t) = sel.until_us {
-        range.push(format!("ts < fromUnixTimestamp64Micro({t}, 'UTC')"));
+        query = query.param("until_us", t);
+    }
+    let rows = query
+        .fetch_all::<EventRow>()
+        .await
+        .map_err(|e| ShipError::from_clickhouse(&e, "reading audit events"))?;
+    Ok(rows.into_iter().filter_map(EventRow::into_event).collect())
+}
+
+/// The statement behind [`fetch`]: every value of `sel` is a server-side parameter
+/// (`{session:String}`, `{host:String}`, `{since_us:Int64}`, `{until_us:Int64}`), never text.
+fn select_events_sql(sel: &Selection) -> String {
+    let mut conds: Vec<String> = Vec::new();
+    if sel.session.is_some() {
+        conds.push("session_id = {session:String}".into());
+    }
+    if sel.host.is_some() {
+        conds.push("host = {host:String}".into());
+    }
+    let mut range: Vec<String> = Vec::new();
+    if sel.since_us.is_some() {
+        range.push("ts >= fromUnixTimestamp64Micro({since_us:Int64}, 'UTC')".into());
+    }
+    if sel.until_us.is_some() {
+        range.push("ts < fromUnixTimestamp64Micro({until_us:Int64}, 'UTC')".into());
     }
     if !range.is_empty() {
-        let mut inner = range.clone();
+        let mut inner = range;
         inner.extend(conds.iter().cloned());
         conds.push(format!(
             "session_id IN (SELECT DISTINCT session_id FROM events WHERE {})",
@@ -884,14 +956,7 @@ pub async fn fetch(cfg: &ClickHouseConfig, sel: &Selection) -> Result<Vec<Event>
     } else {
         format!("WHERE {}", conds.join(" AND "))
     };
-    let rows = client
-        .query(&format!(
-            "SELECT ?fields FROM events {where_} ORDER BY host, host_seq"
-        ))
-        .fetch_all::<EventRow>()
-        .await
-        .map_err(|e| ShipError::from_clickhouse(&e, "reading audit events"))?;
-    Ok(rows.into_iter().filter_map(EventRow::into_event).collect())
+    format!("SELECT ?fields FROM events {where_} ORDER BY host, host_seq")
 }
 
 #[cfg(test)]
@@ -934,6 +999,85 @@ mod tests {
             ShipError::from_clickhouse(&down, "x"),
             ShipError::Unavailable { .. }
         ));
+    }
+
+    #[test]
+    fn names_written_into_sql_are_validated() {
+        let mut cfg = ClickHouseConfig::new("http://127.0.0.1:8123");
+        assert!(cfg.validate().is_ok());
+        for bad in [
+            "",
+            "a`b",
+            "a b",
+            "db;DROP",
+            "x'y",
+            "{db}",
+            "a\\b",
+            &"x".repeat(256),
+        ] {
+            cfg.database = bad.to_owned();
+            assert!(
+                matches!(cfg.validate(), Err(ShipError::Config { code: 0, .. })),
+                "{bad:?}"
+            );
+        }
+        cfg.database = "tollgate_audit-2.prod".into();
+        cfg.cluster = Some("main cluster".into());
+        assert!(cfg.validate().is_err());
+        cfg.cluster = Some("main".into());
+        cfg.user = "writer`@corp".into();
+        assert!(
+            cfg.validate().is_ok(),
+            "the user is written into SQL only when Tollgate creates it"
+        );
+        cfg.create_writer = true;
+        assert!(cfg.validate().is_err());
+        assert_eq!(ident("tollgate"), "`tollgate`");
+    }
+
+    #[test]
+    fn selections_are_parameters_never_text() {
+        let sel = Selection {
+            session: Some("s' OR 1=1 --".into()),
+            host: Some("h\\{x}".into()),
+            since_us: Some(1),
+            until_us: Some(2),
+        };
+        let sql = select_events_sql(&sel);
+        assert_eq!(
+            sql,
+            "SELECT ?fields FROM events WHERE session_id = {session:String} AND host = {host:String} \
+             AND session_id IN (SELECT DISTINCT session_id FROM events WHERE \
+             ts >= fromUnixTimestamp64Micro({since_us:Int64}, 'UTC') AND \
+             ts < fromUnixTimestamp64Micro({until_us:Int64}, 'UTC') AND \
+             session_id = {session:String} AND host = {host:String}) ORDER BY host, host_seq"
+        );
+        assert_eq!(
+            select_events_sql(&Selection::default()),
+            "SELECT ?fields FROM events  ORDER BY host, host_seq"
+        );
+    }
+
+    #[test]
+    fn no_migration_statement_takes_a_value_as_text() {
+        for m in MIGRATIONS {
+            for st in m.statements {
+                // What is substituted before sending is names and DDL fragments only; the one
+                // value (the writer's password) is a server-side parameter.
+                let rest = [
+                    "{db}",
+                    "{on_cluster}",
+                    "{columns}",
+                    "{engine}",
+                    "{retention_days}",
+                    "{writer}",
+                    "{password:String}",
+                ]
+                .iter()
+                .fold(st.to_string(), |s, p| s.replace(p, ""));
+                assert!(!rest.contains('{'), "{st}");
+            }
+        }
     }
 
     #[test]

@@ -44,11 +44,15 @@ pub enum EventKind {
     Disconnect,
     /// A Snowflake session ended: logout, expiry, or Tollgate restarting (signed).
     SessionEnd,
+    /// The daemon was asked to reload its policy (SIGHUP): `decision` is `ok` (the new policy,
+    /// attributes `digest` and `rules`, is in force) or `failed` (the old one stays; `reason`
+    /// holds the errors). Its own one-event chain `policy:<event id>` (signed).
+    PolicyReload,
 }
 
 impl EventKind {
     /// Every kind, in a stable order.
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Connection,
         EventKind::Login,
         EventKind::Query,
@@ -60,6 +64,7 @@ impl EventKind {
         EventKind::Error,
         EventKind::Disconnect,
         EventKind::SessionEnd,
+        EventKind::PolicyReload,
     ];
 
     /// The name used in the spool and in ClickHouse.
@@ -76,6 +81,7 @@ impl EventKind {
             EventKind::Error => "error",
             EventKind::Disconnect => "disconnect",
             EventKind::SessionEnd => "session_end",
+            EventKind::PolicyReload => "policy_reload",
         }
     }
 
@@ -86,7 +92,10 @@ impl EventKind {
 
     /// Whether this kind ends its chain (and is signed).
     pub fn is_final(self) -> bool {
-        matches!(self, EventKind::Disconnect | EventKind::SessionEnd)
+        matches!(
+            self,
+            EventKind::Disconnect | EventKind::SessionEnd | EventKind::PolicyReload
+        )
     }
 }
 

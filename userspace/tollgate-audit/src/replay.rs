@@ -72,13 +72,24 @@ pub fn event_line(e: &Event, start_us: i64) -> String {
                 );
             }
         }
+        EventKind::PolicyReload => {
+            field(&mut out, "outcome", &e.decision);
+            for k in ["policy", "digest", "rules", "in_force_digest"] {
+                if let Some(v) = e.attrs.get(k) {
+                    field(&mut out, k, v);
+                }
+            }
+        }
         EventKind::Error | EventKind::SessionEnd => {}
     }
     field(&mut out, "error", &e.error_code);
     if !e.reason.is_empty()
         && matches!(
             e.kind,
-            EventKind::Error | EventKind::SessionEnd | EventKind::Disconnect
+            EventKind::Error
+                | EventKind::SessionEnd
+                | EventKind::Disconnect
+                | EventKind::PolicyReload
         )
     {
         let _ = write!(out, " reason={:?}", e.reason);

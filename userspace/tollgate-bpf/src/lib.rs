@@ -47,7 +47,7 @@ pub use existing::{ExistingSocket, PreexistingConnections, UndestroyedSocket};
 pub use host::{cgroup2_mount, cgroup_id, preflight};
 pub use ipnet::IpNet;
 pub use pins::Hook;
-pub use redirector::{AttachReport, Redirector};
+pub use redirector::{AttachReport, ConnectLookup, KernelLog, Redirector};
 pub use status::{
     detach, status, ConfigStatus, DetachReport, KernelAttachment, LinkStatus, PreexistingStatus,
     Status,

@@ -1,11 +1,17 @@
-//! Loading, pinning and attaching: [`Redirector::attach`], and the identity lookup.
+//! Loading, pinning and attaching: [`Redirector::attach`], the identity lookup
+//! ([`ConnectLookup`]) and the reader of the programs' log records ([`KernelLog`]).
+//!
+//! The two run-time users are apart so neither waits for the other: the proxy's accept path
+//! holds a [`ConnectLookup`] (a shared map handle; a lookup is one syscall on `&self`, no lock),
+//! and one task owns the [`KernelLog`] (draining its ring buffer needs `&mut`).
 
 use std::{
     collections::BTreeSet,
     fs,
     net::SocketAddr,
-    os::fd::{AsFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use aya::{
@@ -53,13 +59,88 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/to
 
 /// A loaded and attached redirect. Dropping it leaves the redirect in force (links, programs
 /// and maps are pinned); only [`crate::detach`] removes it.
+///
+/// For the proxy's run time, split it: [`Redirector::connect_lookup`] gives the accept path
+/// its lock-free handle, [`Redirector::take_kernel_log`] gives the log reader its own.
 pub struct Redirector {
     // Keeps the object's own map and program fds open while the proxy runs.
     _ebpf: Ebpf,
-    orig_dst: MapData,
-    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    lookup: ConnectLookup,
+    logger: Option<KernelLog>,
     pin_dir: PathBuf,
     report: AttachReport,
+}
+
+/// The identity lookup of redirected connections: a handle on the pinned ORIG_DST map.
+///
+/// Cheap to clone and `Send + Sync`: every clone shares one map file descriptor, and a lookup
+/// is a single `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on `&self`, so the accept path needs no lock.
+/// It stays valid after the [`Redirector`] it came from is dropped (the fd is its own).
+#[derive(Clone)]
+pub struct ConnectLookup {
+    orig_dst: Arc<MapData>,
+}
+
+impl std::fmt::Debug for ConnectLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectLookup").finish_non_exhaustive()
+    }
+}
+
+impl ConnectLookup {
+    /// Reads and removes the record of the redirected connection whose client end is `client`
+    /// (the peer address of a socket the proxy accepted). IPv4 and IPv4-mapped IPv6 client
+    /// addresses find the same record.
+    ///
+    /// Call it after `getsockopt(SO_ORIGINAL_DST)`, which reads the same record without
+    /// removing it. `None` when no redirect is known for that client (a direct connection to
+    /// the listener, or a record evicted under load).
+    pub fn lookup(&self, client: SocketAddr) -> Option<ConnectInfo> {
+        let key = client_key(client);
+        match sys::map_lookup_and_delete::<ClientKey, ConnectRecord>(
+            self.orig_dst.fd().as_fd(),
+            &key,
+        ) {
+            Ok(record) => record.map(ConnectInfo::from),
+            Err(e) => {
+                log::warn!("ORIG_DST lookup for {client} failed: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// The reader of the eBPF programs' log records (they log only when they cannot store a
+/// connection record). Its file descriptor becomes readable when there is something to read;
+/// [`KernelLog::flush`] forwards the records to the `log` crate.
+pub struct KernelLog {
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+}
+
+impl std::fmt::Debug for KernelLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelLog").finish_non_exhaustive()
+    }
+}
+
+impl KernelLog {
+    /// Forwards every pending record to the `log` crate's logger (the one installed when the
+    /// redirect was attached).
+    pub fn flush(&mut self) {
+        self.logger.flush();
+    }
+}
+
+impl AsFd for KernelLog {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.logger.as_fd()
+    }
+}
+
+impl AsRawFd for KernelLog {
+    fn as_raw_fd(&self) -> RawFd {
+        self.logger.as_raw_fd()
+    }
 }
 
 impl std::fmt::Debug for Redirector {
@@ -99,7 +180,7 @@ impl Redirector {
         }
         let mut ebpf = loader.load(OBJECT).map_err(BpfError::Load)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
-            Ok(logger) => Some(logger),
+            Ok(logger) => Some(KernelLog { logger }),
             Err(e) => {
                 log::debug!("eBPF logging unavailable: {e}");
                 None
@@ -201,7 +282,9 @@ impl Redirector {
         record_preexisting(&mut ebpf, &report.preexisting)?;
         Ok(Self {
             _ebpf: ebpf,
-            orig_dst,
+            lookup: ConnectLookup {
+                orig_dst: Arc::new(orig_dst),
+            },
             logger,
             pin_dir: cfg.pin_dir.clone(),
             report,
@@ -214,37 +297,36 @@ impl Redirector {
         &self.report
     }
 
-    /// Reads and removes the record of the redirected connection whose client end is `client`
-    /// (the peer address of a socket the proxy accepted). IPv4 and IPv4-mapped IPv6 client
-    /// addresses find the same record.
-    ///
-    /// Call it after `getsockopt(SO_ORIGINAL_DST)`, which reads the same record without
-    /// removing it. `None` when no redirect is known for that client (a direct connection to
-    /// the listener, or a record evicted under load).
+    /// Reads and removes the record of the redirected connection whose client end is `client`;
+    /// see [`ConnectLookup::lookup`].
     pub fn lookup(&self, client: SocketAddr) -> Option<ConnectInfo> {
-        let key = client_key(client);
-        match sys::map_lookup_and_delete::<ClientKey, ConnectRecord>(
-            self.orig_dst.fd().as_fd(),
-            &key,
-        ) {
-            Ok(record) => record.map(ConnectInfo::from),
-            Err(e) => {
-                log::warn!("ORIG_DST lookup for {client} failed: {e}");
-                None
-            }
-        }
+        self.lookup.lookup(client)
+    }
+
+    /// A handle for the accept path: lookups through it take no lock and need no `&mut`.
+    pub fn connect_lookup(&self) -> ConnectLookup {
+        self.lookup.clone()
+    }
+
+    /// Hands the reader of the programs' log records to its own owner (a task that flushes it
+    /// when its fd is readable, or now and then). `None` when eBPF logging is unavailable or
+    /// the reader was taken already.
+    pub fn take_kernel_log(&mut self) -> Option<KernelLog> {
+        self.logger.take()
     }
 
     /// Forwards the log records the eBPF programs produced (map insert failures) to the `log`
-    /// crate. Call it now and then, or when [`Redirector::log_fd`] is readable.
+    /// crate, unless the reader was taken with [`Redirector::take_kernel_log`]. Call it now
+    /// and then, or when [`Redirector::log_fd`] is readable.
     pub fn flush_kernel_logs(&mut self) {
         if let Some(logger) = &mut self.logger {
             logger.flush();
         }
     }
 
-    /// A file descriptor that becomes readable when the eBPF programs have logged something.
-    pub fn log_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+    /// A file descriptor that becomes readable when the eBPF programs have logged something
+    /// (`None` when logging is unavailable or the reader was taken).
+    pub fn log_fd(&self) -> Option<BorrowedFd<'_>> {
         self.logger.as_ref().map(|l| l.as_fd())
     }
 
@@ -253,6 +335,12 @@ impl Redirector {
         &self.pin_dir
     }
 }
+
+// The accept path shares the lookup across threads without a lock.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<ConnectLookup>();
+};
 
 /// The ORIG_DST key of a client address: IPv4 as IPv4-mapped IPv6.
 pub(crate) fn client_key(client: SocketAddr) -> ClientKey {

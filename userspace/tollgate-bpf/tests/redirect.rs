@@ -262,7 +262,12 @@ fn redirect_end_to_end() {
         "{c}"
     );
     let peer: SocketAddr = reply["peer"].as_str().unwrap().parse().unwrap();
-    let info = redirector.lookup(peer).expect("lookup v4 client");
+    // The accept path's handle: no lock, usable from another thread.
+    let lookup = redirector.connect_lookup();
+    let info = std::thread::spawn(move || lookup.lookup(peer))
+        .join()
+        .unwrap()
+        .expect("lookup v4 client through the connect_lookup handle");
     assert_eq!(info.orig_dst, want.parse::<SocketAddr>().unwrap());
     assert_eq!(u64::from(info.tgid), c["pid"].as_u64().unwrap());
     assert_eq!(info.pid, info.tgid);

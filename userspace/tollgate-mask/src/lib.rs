@@ -13,8 +13,8 @@
 //!
 //! What it does not do: no I/O, no async runtime, no logging, no key loading (the caller hands
 //! in key bytes), and no column lineage — deciding which result column gets which rule (masking
-//! by meaning, DESIGN §3.5) is the caller's. Detectors are the *fallback* for free
-//! text and unknown lineage, not the primary control.
+//! by meaning, `docs/design.md`, "Masking") is the caller's. Detectors are the *fallback* for
+//! free text and unknown lineage, not the primary control.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

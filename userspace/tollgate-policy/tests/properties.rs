@@ -166,17 +166,40 @@ proptest! {
 
     #[test]
     fn unparseable_input_is_never_allowed_by_default(
-        text in ".{0,200}",
+        // Random text (almost never SQL), real statements, and statements with junk after
+        // them (either): both branches below run on every test run.
+        text in prop_oneof![
+            ".{0,200}",
+            prop::sample::select(SQL).prop_map(str::to_owned),
+            (prop::sample::select(SQL), ".{0,20}").prop_map(|(sql, junk)| format!("{sql} {junk}")),
+        ],
         rules in proptest::collection::vec(rule_gen(), 0..6),
     ) {
         let texts: Vec<String> = rules.iter().enumerate().map(|(i, r)| rule_yaml(i, r, None)).collect();
         let policy = compile(&texts);
         let analysis = analyze(&text, &ctx());
-        if analysis.is_err() {
-            let id = identity("ANALYST");
-            let d = policy.evaluate(&EvalInput { identity: &id, analysis: analysis.as_ref() });
-            prop_assert!(matches!(d.action, Action::Deny { .. }), "{:?}", d);
-            prop_assert_eq!(d.rule_id, "default:unparseable_sql");
+        let id = identity("ANALYST");
+        let d = policy.evaluate(&EvalInput { identity: &id, analysis: analysis.as_ref() });
+        match &analysis {
+            // Text that does not parse, or holds no statement, is refused by the default.
+            Err(_) => {
+                prop_assert!(matches!(d.action, Action::Deny { .. }), "{:?}", d);
+                prop_assert_eq!(&d.rule_id, "default:unparseable_sql");
+                prop_assert!(d.statements.is_empty(), "{:?}", d);
+            }
+            Ok(a) if a.statements.is_empty() => {
+                prop_assert!(matches!(d.action, Action::Deny { .. }), "{text:?}: {d:?}");
+                prop_assert_eq!(&d.rule_id, "default:unparseable_sql");
+            }
+            // Text that parses is decided statement by statement, never by that default: the
+            // strictest statement decides, and the deciding rule is one of theirs.
+            Ok(a) => {
+                prop_assert_ne!(&d.rule_id, "default:unparseable_sql", "{:?}", text);
+                prop_assert_eq!(d.statements.len(), a.statements.len(), "{:?}", d);
+                prop_assert!(d.statements.iter().any(|s| s.rule_id == d.rule_id), "{:?}", d);
+                let strictest = d.statements.iter().map(|s| s.action.strictness()).max();
+                prop_assert_eq!(Some(d.action.strictness()), strictest, "{:?}", d);
+            }
         }
     }
 

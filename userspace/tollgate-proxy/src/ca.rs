@@ -292,9 +292,10 @@ impl CertificateAuthority {
             name: host.to_string(),
             why,
         };
-        // Exactly one SAN, the SNI itself: never a wildcard (DESIGN §3.2). No AIA and no CRL
-        // distribution points: rcgen adds neither unless asked, and an unreachable OCSP URL
-        // breaks snowflake-connector-python even in fail-open mode.
+        // Exactly one SAN, the SNI itself: never a wildcard (docs/design.md, "TLS
+        // interception"). No AIA and no CRL distribution points: rcgen adds neither unless
+        // asked, and an unreachable OCSP URL breaks snowflake-connector-python even in
+        // fail-open mode.
         let mut params =
             CertificateParams::new(vec![host.to_string()]).map_err(|e| bad_name(e.to_string()))?;
         let mut dn = DistinguishedName::new();

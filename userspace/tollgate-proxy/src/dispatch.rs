@@ -37,7 +37,7 @@ use crate::identity::ProcessIdentity;
 use crate::intercept::{self, InterceptEnv};
 use crate::passthrough;
 use crate::peek::{peek_client_hello_after, PeekError, PrefixedIo};
-use crate::record::Decision;
+use crate::record::{CloseReason, Decision};
 use crate::server::{ConnState, Shared};
 use crate::upstream::{Route, TunnelKind};
 
@@ -116,7 +116,7 @@ impl Conn<'_> {
     }
 
     /// Serves the connection from its first byte; returns the close reason.
-    pub(crate) async fn serve(self, mut stream: TcpStream) -> String {
+    pub(crate) async fn serve(self, mut stream: TcpStream) -> CloseReason {
         let mut buf = BytesMut::with_capacity(1024);
         let config = self.config();
         // Server-first protocols (SMTP, MySQL, SSH banners) send nothing until the server
@@ -130,10 +130,10 @@ impl Conn<'_> {
         match read_until(&mut stream, &mut buf, deadline, sniffed).await {
             Ok(protocol) => self.dispatch(protocol, buf, stream, route, 0).await,
             Err(ReadEnd::Silent) => self.server_first(buf, stream, route).await,
-            Err(ReadEnd::Eof { read: 0 }) => "eof".into(),
-            Err(ReadEnd::Eof { read }) => format!("client closed after {read} bytes"),
-            Err(ReadEnd::Malformed(why)) => format!("malformed: {why}"),
-            Err(ReadEnd::Io(e)) => format!("client_io: {e}"),
+            Err(ReadEnd::Eof { read: 0 }) => CloseReason::Eof,
+            Err(ReadEnd::Eof { read }) => CloseReason::ClientClosedEarly { read },
+            Err(ReadEnd::Malformed(why)) => CloseReason::Malformed(why),
+            Err(ReadEnd::Io(e)) => CloseReason::ClientIo(e.to_string()),
         }
     }
 
@@ -144,15 +144,15 @@ impl Conn<'_> {
         stream: TcpStream,
         route: Route,
         depth: u8,
-    ) -> String {
+    ) -> CloseReason {
         match protocol {
             Protocol::Tls => self.tls(buf, stream, route).await,
             Protocol::HttpConnect | Protocol::Socks5 | Protocol::Socks4 if depth > 0 => {
                 self.set("tunnel_in_tunnel", Decision::Block);
-                format!(
-                    "blocked_by_policy: a tunnel inside the {} tunnel (not supported)",
+                CloseReason::BlockedByPolicy(format!(
+                    "a tunnel inside the {} tunnel (not supported)",
                     route.target().map(ToString::to_string).unwrap_or_default()
-                )
+                ))
             }
             Protocol::HttpConnect => self.http_connect(buf, stream).await,
             Protocol::Socks5 => self.socks5(buf, stream).await,
@@ -186,7 +186,7 @@ impl Conn<'_> {
         }
     }
 
-    async fn tls(self, buf: BytesMut, stream: TcpStream, route: Route) -> String {
+    async fn tls(self, buf: BytesMut, stream: TcpStream, route: Route) -> CloseReason {
         let config = self.config();
         let peeked = peek_client_hello_after(
             buf,
@@ -197,14 +197,16 @@ impl Conn<'_> {
         .await;
         let (hello, io) = match peeked {
             Ok(peeked) => peeked,
-            Err(PeekError::Timeout(_)) => return "peek_timeout".into(),
-            Err(PeekError::Eof { read: 0 }) => return "eof".into(),
-            Err(PeekError::NotTls) => return "not_tls".into(),
-            Err(e @ PeekError::Eof { .. }) => return format!("malformed_client_hello: {e}"),
-            Err(PeekError::Malformed(reason)) => {
-                return format!("malformed_client_hello: {reason}")
+            Err(PeekError::Timeout(_)) => return CloseReason::PeekTimeout,
+            Err(PeekError::Eof { read: 0 }) => return CloseReason::Eof,
+            Err(PeekError::NotTls) => return CloseReason::NotTls(None),
+            Err(e @ PeekError::Eof { .. }) => {
+                return CloseReason::MalformedClientHello(e.to_string())
             }
-            Err(e) => return format!("client_io: {e}"),
+            Err(PeekError::Malformed(reason)) => {
+                return CloseReason::MalformedClientHello(reason.to_string())
+            }
+            Err(e) => return CloseReason::ClientIo(e.to_string()),
         };
         let snowflake_destination = self.snowflake_destination(&route);
         let (action, reason) = self
@@ -231,12 +233,12 @@ impl Conn<'_> {
             (GateAction::Intercept, Some(sni)) => self.intercept(io, route, sni).await,
             (_, sni) => {
                 tracing::info!(id = %self.id, client = %self.client, original_dst = %self.original_dst, ?sni, %reason, "connection blocked");
-                format!("blocked_by_policy: {reason}")
+                CloseReason::BlockedByPolicy(reason.to_string())
             }
         }
     }
 
-    async fn passthrough(&self, io: PrefixedIo<TcpStream>, route: &Route) -> String {
+    async fn passthrough(&self, io: PrefixedIo<TcpStream>, route: &Route) -> CloseReason {
         let config = self.config();
         passthrough::run(
             io,
@@ -248,7 +250,7 @@ impl Conn<'_> {
         .await
     }
 
-    async fn intercept(self, io: PrefixedIo<TcpStream>, route: Route, sni: String) -> String {
+    async fn intercept(self, io: PrefixedIo<TcpStream>, route: Route, sni: String) -> CloseReason {
         let shared = self.shared;
         let config = &shared.config;
         let ctx = ConnectionContext {
@@ -261,7 +263,7 @@ impl Conn<'_> {
         };
         if let Err(why) = shared.hooks.connection_opened(&ctx).await {
             tracing::error!(id = %self.id, client = %self.client, error = %why, "intercepted connection closed: it cannot be audited");
-            return format!("audit_unavailable: {why}");
+            return CloseReason::AuditUnavailable(why.to_string());
         }
         let direct = matches!(route, Route::Direct(_));
         let env = InterceptEnv {
@@ -290,7 +292,7 @@ impl Conn<'_> {
         target: TunnelTarget,
         mut buf: BytesMut,
         mut stream: TcpStream,
-    ) -> String {
+    ) -> CloseReason {
         self.state.draft().tunnel = Some(format!("{} {target}", kind.name()));
         let route = Route::Tunnel {
             via: self.original_dst,
@@ -301,9 +303,9 @@ impl Conn<'_> {
         match read_until(&mut stream, &mut buf, deadline, sniffed).await {
             Ok(protocol) => Box::pin(self.dispatch(protocol, buf, stream, route, 1)).await,
             Err(ReadEnd::Silent) => self.server_first(buf, stream, route).await,
-            Err(ReadEnd::Eof { .. }) => "eof".into(),
-            Err(ReadEnd::Malformed(why)) => format!("malformed: {why}"),
-            Err(ReadEnd::Io(e)) => format!("client_io: {e}"),
+            Err(ReadEnd::Eof { .. }) => CloseReason::Eof,
+            Err(ReadEnd::Malformed(why)) => CloseReason::Malformed(why),
+            Err(ReadEnd::Io(e)) => CloseReason::ClientIo(e.to_string()),
         }
     }
 
@@ -328,20 +330,20 @@ impl Conn<'_> {
         stream: &mut TcpStream,
         granted: &[u8],
         refused: impl FnOnce(&GateReason) -> Vec<u8>,
-    ) -> Result<(), String> {
+    ) -> Result<(), CloseReason> {
         if let Some(reason) = self.refuse_tunnel(target) {
             self.set(kind.name(), Decision::Block);
             self.state.draft().tunnel = Some(format!("{} {target}", kind.name()));
             let _ = stream.write_all(&refused(&reason)).await;
-            return Err(format!("blocked_by_policy: {reason}"));
+            return Err(CloseReason::BlockedByPolicy(reason.to_string()));
         }
         stream
             .write_all(granted)
             .await
-            .map_err(|e| format!("client_io: {e}"))
+            .map_err(|e| CloseReason::ClientIo(e.to_string()))
     }
 
-    async fn http_connect(self, mut buf: BytesMut, mut stream: TcpStream) -> String {
+    async fn http_connect(self, mut buf: BytesMut, mut stream: TcpStream) -> CloseReason {
         self.set("http_connect", Decision::Reject);
         let deadline = Instant::now() + self.config().peek_timeout;
         let req = match read_until(&mut stream, &mut buf, deadline, |b| {
@@ -354,9 +356,9 @@ impl Conn<'_> {
                 let _ = stream
                     .write_all(&tunnel::http_forbidden("malformed CONNECT"))
                     .await;
-                return format!("malformed: CONNECT: {why}");
+                return CloseReason::Malformed(format!("CONNECT: {why}"));
             }
-            Err(_) => return "peek_timeout".into(),
+            Err(_) => return CloseReason::PeekTimeout,
         };
         let kind = TunnelKind::HttpConnect;
         if let Err(end) = self
@@ -376,7 +378,7 @@ impl Conn<'_> {
             .await
     }
 
-    async fn socks5(self, mut buf: BytesMut, mut stream: TcpStream) -> String {
+    async fn socks5(self, mut buf: BytesMut, mut stream: TcpStream) -> CloseReason {
         self.set("socks5", Decision::Reject);
         let deadline = Instant::now() + self.config().peek_timeout;
         let mut handshake = Socks5Server::new();
@@ -388,13 +390,13 @@ impl Conn<'_> {
             match event {
                 Ok(Socks5Event::MethodSelected { reply, consumed }) => {
                     if let Err(e) = stream.write_all(&reply).await {
-                        return format!("client_io: {e}");
+                        return CloseReason::ClientIo(e.to_string());
                     }
                     buf.advance(consumed);
                 }
                 Ok(Socks5Event::NoAcceptableMethod { reply }) => {
                     let _ = stream.write_all(&reply).await;
-                    return "socks5: no acceptable authentication method".into();
+                    return CloseReason::Socks5("no acceptable authentication method".into());
                 }
                 Ok(Socks5Event::Connect(req)) => {
                     let granted = socks5_reply(Socks5Reply::Succeeded, None);
@@ -415,21 +417,21 @@ impl Conn<'_> {
                         .tunnelled(TunnelKind::Socks5, req.target, buf, stream)
                         .await;
                 }
-                Ok(_) => return "socks5: unexpected handshake step".into(),
+                Ok(_) => return CloseReason::Socks5("unexpected handshake step".into()),
                 Err(ReadEnd::Malformed(why)) => {
                     if handshake.awaits_request() || why.contains("command") {
                         let _ = stream
                             .write_all(&socks5_reply(Socks5Reply::CommandNotSupported, None))
                             .await;
                     }
-                    return format!("malformed: SOCKS5: {why}");
+                    return CloseReason::Malformed(format!("SOCKS5: {why}"));
                 }
-                Err(_) => return "peek_timeout".into(),
+                Err(_) => return CloseReason::PeekTimeout,
             }
         }
     }
 
-    async fn socks4(self, mut buf: BytesMut, mut stream: TcpStream) -> String {
+    async fn socks4(self, mut buf: BytesMut, mut stream: TcpStream) -> CloseReason {
         self.set("socks4", Decision::Reject);
         let deadline = Instant::now() + self.config().peek_timeout;
         let req = match read_until(&mut stream, &mut buf, deadline, |b| {
@@ -440,9 +442,9 @@ impl Conn<'_> {
             Ok(req) => req,
             Err(ReadEnd::Malformed(why)) => {
                 let _ = stream.write_all(&socks4_reply(false)).await;
-                return format!("malformed: SOCKS4: {why}");
+                return CloseReason::Malformed(format!("SOCKS4: {why}"));
             }
-            Err(_) => return "peek_timeout".into(),
+            Err(_) => return CloseReason::PeekTimeout,
         };
         if let Err(end) = self
             .answer_tunnel(
@@ -461,7 +463,12 @@ impl Conn<'_> {
             .await
     }
 
-    async fn plain_http(self, mut buf: BytesMut, mut stream: TcpStream, route: Route) -> String {
+    async fn plain_http(
+        self,
+        mut buf: BytesMut,
+        mut stream: TcpStream,
+        route: Route,
+    ) -> CloseReason {
         self.set("http", Decision::Reject);
         let deadline = Instant::now() + self.config().peek_timeout;
         let head = match read_until(&mut stream, &mut buf, deadline, |b| {
@@ -472,9 +479,9 @@ impl Conn<'_> {
             Ok(h) => h,
             Err(ReadEnd::Malformed(why)) => {
                 self.set("http", Decision::Block);
-                return format!("not_tls: malformed HTTP ({why})");
+                return CloseReason::NotTls(Some(format!("malformed HTTP ({why})")));
             }
-            Err(_) => return "peek_timeout".into(),
+            Err(_) => return CloseReason::PeekTimeout,
         };
         let named = match &head.host {
             Some(tunnel::Host::Name(name)) => self.config().gate.is_guarded(name),
@@ -482,7 +489,9 @@ impl Conn<'_> {
         };
         if named || self.snowflake_destination(&route) {
             self.set("http", Decision::Block);
-            return "blocked_by_policy: plain HTTP to a Snowflake or storage host".into();
+            return CloseReason::BlockedByPolicy(
+                "plain HTTP to a Snowflake or storage host".into(),
+            );
         }
         self.other_protocol("http", buf, stream, route).await
     }
@@ -493,14 +502,14 @@ impl Conn<'_> {
         buf: BytesMut,
         stream: TcpStream,
         route: Route,
-    ) -> String {
+    ) -> CloseReason {
         self.set(protocol, Decision::Reject);
         if self.snowflake_destination(&route) {
             self.set(protocol, Decision::Block);
-            return format!(
-                "blocked_by_policy: {protocol} traffic to {}",
+            return CloseReason::BlockedByPolicy(format!(
+                "{protocol} traffic to {}",
                 GateReason::SnowflakeAddress
-            );
+            ));
         }
         self.other_protocol(protocol, buf, stream, route).await
     }
@@ -512,7 +521,7 @@ impl Conn<'_> {
         buf: BytesMut,
         stream: TcpStream,
         route: Route,
-    ) -> String {
+    ) -> CloseReason {
         match self.config().other_protocols {
             GateAction::Passthrough => {
                 self.set(protocol, Decision::Passthrough);
@@ -521,7 +530,9 @@ impl Conn<'_> {
             }
             _ => {
                 self.set(protocol, Decision::Block);
-                format!("not_tls: {protocol} blocked (intercept.other_protocols)")
+                CloseReason::NotTls(Some(format!(
+                    "{protocol} blocked (intercept.other_protocols)"
+                )))
             }
         }
     }
@@ -529,17 +540,17 @@ impl Conn<'_> {
     /// A client that sent nothing: a server-first protocol, or one waiting to see what the
     /// gate does. Passed through (when `other_protocols` allows) unless the destination is
     /// Snowflake's or presents a Snowflake or storage certificate.
-    async fn server_first(self, buf: BytesMut, stream: TcpStream, route: Route) -> String {
+    async fn server_first(self, buf: BytesMut, stream: TcpStream, route: Route) -> CloseReason {
         if self.config().other_protocols != GateAction::Passthrough {
-            return "peek_timeout".into();
+            return CloseReason::PeekTimeout;
         }
         self.set("server_first", Decision::Reject);
         if self.snowflake_destination(&route) {
             self.set("server_first", Decision::Block);
-            return format!(
-                "blocked_by_policy: a silent client to {}",
+            return CloseReason::BlockedByPolicy(format!(
+                "a silent client to {}",
                 GateReason::SnowflakeAddress
-            );
+            ));
         }
         if let Ok(cert) = self.shared.prober.certificate(&route, None).await {
             if let Some(name) = cert
@@ -548,9 +559,9 @@ impl Conn<'_> {
                 .find(|n| self.config().gate.certificate_is_guarded(n))
             {
                 self.set("server_first", Decision::Block);
-                return format!(
-                    "blocked_by_policy: a silent client to a destination with a certificate for {name}"
-                );
+                return CloseReason::BlockedByPolicy(format!(
+                    "a silent client to a destination with a certificate for {name}"
+                ));
             }
         }
         self.set("server_first", Decision::Passthrough);

@@ -42,7 +42,7 @@ pub enum GateAction {
     Block,
 }
 
-/// The Snowflake host patterns intercepted by default (DESIGN §3.2).
+/// The Snowflake host patterns intercepted by default (`docs/design.md`, "The gate").
 pub const DEFAULT_INTERCEPT_PATTERNS: &[&str] = &[
     "*.snowflakecomputing.com",
     "*.snowflakecomputing.cn",

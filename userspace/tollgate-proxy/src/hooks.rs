@@ -1,6 +1,7 @@
-//! The seam where the Snowflake layer plugs into intercepted HTTP: [`ExchangeHooks`], called
-//! for every request and response with the connection's context. The default implementations
-//! pass everything through unchanged.
+//! The seam where protocol layers plug into intercepted HTTP: [`ExchangeHooks`] hears of
+//! connections and makes an [`ExchangeFilter`] for every request — the exchange's typed context,
+//! called for its request, its response, or the upstream's failure. The defaults pass
+//! everything through unchanged.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, Uri, Version};
+use http::{Request, Response, Version};
 use http_body_util::combinators::BoxBody;
 
 use crate::identity::ProcessIdentity;
@@ -38,33 +39,33 @@ pub struct ConnectionContext {
     pub client_version: Version,
 }
 
-/// One request/response exchange on an intercepted connection.
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct Exchange {
-    /// 0-based index of the request on its connection.
-    pub index: u64,
-    /// Request method as received.
-    pub method: Method,
-    /// Request URI as received.
-    pub uri: Uri,
-    /// Per-exchange state: a hook may stash typed values in `request_filter` and read them
-    /// back in `response_filter`.
-    pub state: http::Extensions,
-}
-
-impl Exchange {
-    pub(crate) fn new(index: u64, method: Method, uri: Uri) -> Self {
-        Exchange {
-            index,
-            method,
-            uri,
-            state: http::Extensions::new(),
+impl ConnectionContext {
+    /// The context of connection `id` from `client` to `original_dst` under `sni` (HTTP/1.1,
+    /// no process known); layers' tests drive exchanges with it.
+    pub fn new(
+        id: impl Into<String>,
+        client: SocketAddr,
+        original_dst: SocketAddr,
+        sni: impl Into<String>,
+    ) -> Self {
+        ConnectionContext {
+            id: id.into(),
+            client,
+            original_dst,
+            sni: sni.into(),
+            process: None,
+            client_version: Version::HTTP_11,
         }
+    }
+
+    /// The same context with `process` behind it.
+    pub fn with_process(mut self, process: ProcessIdentity) -> Self {
+        self.process = Some(Arc::new(process));
+        self
     }
 }
 
-/// What to do with a request after [`ExchangeHooks::request_filter`].
+/// What to do with a request after [`ExchangeFilter::request_filter`].
 #[derive(Debug)]
 pub enum RequestAction {
     /// Send this (possibly modified) request upstream.
@@ -73,18 +74,43 @@ pub enum RequestAction {
     Respond(Response<ProxyBody>),
 }
 
-/// Per-request hooks on intercepted HTTP (named after pingora's phases). Called on the
-/// connection's task: a slow hook delays that connection only.
-pub trait ExchangeHooks: Send + Sync + 'static {
-    /// Inspects or rewrites a request before it goes upstream, or answers it directly.
+/// The phases of one request/response exchange, as a layer sees them: the object *is* the
+/// exchange's typed context (whatever the layer keeps between the request and the response
+/// lives in its fields). Made by [`ExchangeHooks::exchange`] for every request.
+pub trait ExchangeFilter: Send {
+    /// Inspects or rewrites the request before it goes upstream, or answers it directly.
     fn request_filter<'a>(
-        &'a self,
+        &'a mut self,
         conn: &'a ConnectionContext,
-        exchange: &'a mut Exchange,
         request: Request<ProxyBody>,
-    ) -> HookFuture<'a, RequestAction> {
-        let _ = (conn, exchange);
-        Box::pin(async move { RequestAction::Forward(request) })
+    ) -> HookFuture<'a, RequestAction>;
+
+    /// Inspects or rewrites the upstream's response before it goes to the client.
+    fn response_filter<'a>(
+        &'a mut self,
+        conn: &'a ConnectionContext,
+        response: Response<ProxyBody>,
+    ) -> HookFuture<'a, Response<ProxyBody>>;
+
+    /// The forwarded request never got a response: the upstream could not be reached, failed
+    /// verification or broke the exchange (`failure` says which; the client gets a 502).
+    fn upstream_failed(
+        &mut self,
+        conn: &ConnectionContext,
+        failure: &crate::upstream::UpstreamFailure,
+    ) {
+        let _ = (conn, failure);
+    }
+}
+
+/// A layer on intercepted HTTP (named after pingora's phases): it hears of connections and
+/// makes one [`ExchangeFilter`] per request. Called on the connection's task: a slow hook
+/// delays that connection only.
+pub trait ExchangeHooks: Send + Sync + 'static {
+    /// The filter of exchange `index` (0-based) on `conn`.
+    fn exchange(self: Arc<Self>, conn: &ConnectionContext, index: u64) -> Box<dyn ExchangeFilter> {
+        let _ = (conn, index);
+        Box::new(PassThrough)
     }
 
     /// Called when the gate decided to intercept a connection, before its TLS handshake. An
@@ -101,17 +127,6 @@ pub trait ExchangeHooks: Send + Sync + 'static {
     fn connection_closed(&self, record: &crate::record::ConnectionRecord) {
         let _ = record;
     }
-
-    /// Inspects or rewrites an upstream response before it goes to the client.
-    fn response_filter<'a>(
-        &'a self,
-        conn: &'a ConnectionContext,
-        exchange: &'a mut Exchange,
-        response: Response<ProxyBody>,
-    ) -> HookFuture<'a, Response<ProxyBody>> {
-        let _ = (conn, exchange);
-        Box::pin(async move { response })
-    }
 }
 
 /// Hooks that change nothing.
@@ -119,3 +134,24 @@ pub trait ExchangeHooks: Send + Sync + 'static {
 pub struct PassThroughHooks;
 
 impl ExchangeHooks for PassThroughHooks {}
+
+/// The filter that changes nothing.
+struct PassThrough;
+
+impl ExchangeFilter for PassThrough {
+    fn request_filter<'a>(
+        &'a mut self,
+        _conn: &'a ConnectionContext,
+        request: Request<ProxyBody>,
+    ) -> HookFuture<'a, RequestAction> {
+        Box::pin(async move { RequestAction::Forward(request) })
+    }
+
+    fn response_filter<'a>(
+        &'a mut self,
+        _conn: &'a ConnectionContext,
+        response: Response<ProxyBody>,
+    ) -> HookFuture<'a, Response<ProxyBody>> {
+        Box::pin(async move { response })
+    }
+}

@@ -224,9 +224,12 @@ mod tests {
 
     #[test]
     fn resolves_cgroup_id_by_inode() {
-        let Some(mount) = ProcFs::system().cgroup2_mount else {
-            return; // no cgroup2 on this host: nothing to resolve against
-        };
+        // CI and every supported host mount cgroup2 (Tollgate refuses to run without it), so
+        // its absence is a broken test host, not a reason to pass.
+        let mount = ProcFs::system().cgroup2_mount.expect(
+            "no cgroup2 mount in /proc/self/mountinfo: this test needs one \
+             (mount -t cgroup2 none /sys/fs/cgroup/unified)",
+        );
         let own = unified_cgroup_path(&fs::read_to_string("/proc/self/cgroup").unwrap()).unwrap();
         let dir = mount.join(own.trim_start_matches('/'));
         let id = fs::metadata(&dir).unwrap().ino();

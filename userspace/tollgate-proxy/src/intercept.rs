@@ -27,10 +27,9 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::counting::CountingIo;
-use crate::hooks::{
-    BodyError, ConnectionContext, Exchange, ExchangeHooks, ProxyBody, RequestAction,
-};
+use crate::hooks::{BodyError, ConnectionContext, ExchangeHooks, ProxyBody, RequestAction};
 use crate::peek::PrefixedIo;
+use crate::record::CloseReason;
 use crate::server::{signalled, ConnState};
 use crate::upstream::{Route, UpstreamFailure, UpstreamTls};
 
@@ -53,15 +52,15 @@ pub(crate) async fn run(
     env: InterceptEnv,
     state: Arc<ConnState>,
     mut drain: watch::Receiver<bool>,
-) -> String {
+) -> CloseReason {
     let tls = match tokio::time::timeout(env.handshake_timeout, env.acceptor.accept(io)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return format!("client_tls: {e}"),
+        Ok(Err(e)) => return CloseReason::ClientTls(e.to_string()),
         Err(_) => {
-            return format!(
-                "client_tls: handshake not completed within {:?}",
+            return CloseReason::ClientTls(format!(
+                "handshake not completed within {:?}",
                 env.handshake_timeout
-            )
+            ))
         }
     };
     let negotiated = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
@@ -120,9 +119,9 @@ pub(crate) async fn run(
         return failure;
     }
     match result {
-        Err(e) => format!("client_http: {e}"),
-        Ok(()) if drained => "shutdown".to_string(),
-        Ok(()) => "eof".to_string(),
+        Err(e) => CloseReason::ClientHttp(e.to_string()),
+        Ok(()) if drained => CloseReason::Shutdown,
+        Ok(()) => CloseReason::Eof,
     }
 }
 
@@ -150,13 +149,9 @@ impl Relay {
     async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let index = self.next_index.fetch_add(1, Ordering::Relaxed);
         self.state.requests.fetch_add(1, Ordering::Relaxed);
-        let mut exchange = Exchange::new(index, request.method().clone(), request.uri().clone());
         let request = request.map(|body| body.map_err(BodyError::from).boxed());
-        let request = match self
-            .hooks
-            .request_filter(&self.ctx, &mut exchange, request)
-            .await
-        {
+        let mut filter = self.hooks.clone().exchange(&self.ctx, index);
+        let request = match filter.request_filter(&self.ctx, request).await {
             RequestAction::Forward(request) => request,
             RequestAction::Respond(response) => return response,
         };
@@ -164,14 +159,13 @@ impl Relay {
             Ok(response) => response,
             Err(failure) => {
                 tracing::warn!(id = %self.ctx.id, sni = %self.ctx.sni, %failure, "request not forwarded");
-                self.state.note_upstream_failure(failure.to_string());
+                self.state.note_upstream_failure(&failure);
+                filter.upstream_failed(&self.ctx, &failure);
                 return error_response(&self.ctx, &failure);
             }
         };
         let response = prepare_response(response, self.ctx.client_version);
-        self.hooks
-            .response_filter(&self.ctx, &mut exchange, response)
-            .await
+        filter.response_filter(&self.ctx, response).await
     }
 
     async fn send_upstream(

@@ -9,8 +9,9 @@
 //! relay HTTP/1.1 or HTTP/2 through [`ExchangeHooks`] to a verified TLS connection to the
 //! real server. Each connection ends in one [`ConnectionRecord`] written by a [`RecordSink`].
 //!
-//! The Snowflake layer ([`snowflake::SnowflakeHooks`]) plugs in through [`ExchangeHooks`]: it
-//! keeps sessions across connections and enforces the policy on every statement.
+//! Protocol layers plug in through [`ExchangeHooks`]: each exchange gets an [`ExchangeFilter`]
+//! that is its typed context. The Snowflake layer is its own crate (`tollgate-snowflake`); this
+//! crate names no Snowflake type.
 //!
 //! What it does not do: load or talk to eBPF (the binary supplies a [`Redirects`] backed by
 //! the maps), or read configuration files ([`ProxyConfig`] is a plain struct).
@@ -19,7 +20,6 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod audit;
 pub mod ca;
 pub mod config;
 mod counting;
@@ -35,7 +35,6 @@ pub mod peek;
 mod probe;
 pub mod record;
 pub mod server;
-pub mod snowflake;
 mod sockopt;
 pub mod upstream;
 
@@ -46,10 +45,12 @@ pub use gate::{
     SnowflakeAddresses,
 };
 pub use hooks::{
-    ConnectionContext, Exchange, ExchangeHooks, HookFuture, PassThroughHooks, ProxyBody,
-    RequestAction,
+    BodyError, ConnectionContext, ExchangeFilter, ExchangeHooks, HookFuture, PassThroughHooks,
+    ProxyBody, RequestAction,
 };
 pub use identity::{KernelRedirectsOnly, ProcFs, ProcessIdentity, Redirects};
-pub use record::{ConnectionRecord, Decision, RecordSink, RecordSinkError};
+pub use record::{
+    CloseReason, ConnectionRecord, Decision, ParseCloseReasonError, RecordSink, RecordSinkError,
+};
 pub use server::{BoundProxy, Proxy, ProxyError, ProxyStats};
-pub use upstream::{Route, TunnelKind, UpstreamTls, UpstreamTlsError};
+pub use upstream::{Route, TunnelKind, UpstreamFailure, UpstreamTls, UpstreamTlsError};

@@ -1,7 +1,8 @@
 //! The original destination of a redirected connection, read with `SO_ORIGINAL_DST`.
 //!
 //! One lookup path serves both redirect mechanisms: iptables/nft `REDIRECT` answers it from
-//! conntrack, and Tollgate's `cgroup/getsockopt` eBPF hook emulates it (DESIGN §3.1).
+//! conntrack, and Tollgate's `cgroup/getsockopt` eBPF hook emulates it (`docs/design.md`,
+//! "Redirection (eBPF)").
 
 use std::io;
 use std::net::SocketAddr;

@@ -8,6 +8,7 @@ use tokio::net::TcpStream;
 
 use crate::counting::{ByteCounters, CountingIo};
 use crate::peek::PrefixedIo;
+use crate::record::CloseReason;
 use crate::upstream::Route;
 
 /// Splice buffer per direction: large enough for bulk transfers, small enough for many
@@ -21,10 +22,10 @@ pub(crate) async fn run(
     mark: Option<u32>,
     connect_timeout: Duration,
     counters: Arc<ByteCounters>,
-) -> String {
+) -> CloseReason {
     let mut upstream = match route.connect(mark, connect_timeout).await {
         Ok(stream) => stream,
-        Err(failure) => return failure.to_string(),
+        Err(failure) => return CloseReason::from(&failure),
     };
     let mut client = CountingIo::new(client, counters);
     match tokio::io::copy_bidirectional_with_sizes(
@@ -35,7 +36,7 @@ pub(crate) async fn run(
     )
     .await
     {
-        Ok(_) => "eof".to_string(),
-        Err(e) => format!("splice: {e}"),
+        Ok(_) => CloseReason::Eof,
+        Err(e) => CloseReason::Splice(e.to_string()),
     }
 }

@@ -24,9 +24,9 @@ use crate::hooks::ExchangeHooks;
 use crate::identity::{ProcFs, ProcessIdentity, Redirects};
 use crate::listener;
 use crate::probe::Prober;
-use crate::record::{rfc3339_micros, ConnectionRecord, Decision, RecordSink};
-use crate::upstream::Route;
+use crate::record::{rfc3339_micros, CloseReason, ConnectionRecord, Decision, RecordSink};
 use crate::upstream::UpstreamTls;
+use crate::upstream::{Route, UpstreamFailure};
 
 /// Failures starting or running the proxy.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +94,7 @@ pub(crate) struct ConnState {
     pub(crate) counters: Arc<ByteCounters>,
     pub(crate) requests: AtomicU64,
     pub(crate) upstream_verified: AtomicBool,
-    upstream_failure: Mutex<Option<String>>,
+    upstream_failure: Mutex<Option<CloseReason>>,
     draft: Mutex<Draft>,
 }
 
@@ -118,15 +118,15 @@ impl ConnState {
     }
 
     /// Keeps the first upstream failure: it is the one that explains the rest.
-    pub(crate) fn note_upstream_failure(&self, reason: String) {
-        let mut failure = self
+    pub(crate) fn note_upstream_failure(&self, failure: &UpstreamFailure) {
+        let mut first = self
             .upstream_failure
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        failure.get_or_insert(reason);
+        first.get_or_insert_with(|| CloseReason::from(failure));
     }
 
-    pub(crate) fn upstream_failure(&self) -> Option<String> {
+    pub(crate) fn upstream_failure(&self) -> Option<CloseReason> {
         self.upstream_failure
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -363,7 +363,7 @@ async fn serve_connection(
         reason = pipeline(&shared, &id, stream, client, &listen_addrs, &state, drain) => reason,
         _ = signalled(&mut abort) => {
             stats.aborted.fetch_add(1, Ordering::Relaxed);
-            "shutdown".to_string()
+            CloseReason::Shutdown
         }
     };
 
@@ -416,7 +416,7 @@ async fn pipeline(
     listen_addrs: &[SocketAddr],
     state: &Arc<ConnState>,
     drain: watch::Receiver<bool>,
-) -> String {
+) -> CloseReason {
     let config = &shared.config;
     let _ = stream.set_nodelay(true);
 
@@ -440,8 +440,8 @@ async fn pipeline(
 
     let original_dst = match original_dst {
         Ok(Some(dst)) => dst,
-        Ok(None) => return "no_original_destination".into(),
-        Err(e) => return format!("no_original_destination: {e}"),
+        Ok(None) => return CloseReason::NoOriginalDestination(None),
+        Err(e) => return CloseReason::NoOriginalDestination(Some(e.to_string())),
     };
     state.draft().original_dst = Some(original_dst);
 
@@ -450,7 +450,7 @@ async fn pipeline(
         .is_some_and(|p| p.tgid == std::process::id());
     if own_pid || listen_addrs.contains(&original_dst) {
         tracing::warn!(%id, %client, %original_dst, "connection from tollgate to itself dropped");
-        return "loop_detected".into();
+        return CloseReason::LoopDetected;
     }
 
     crate::dispatch::Conn {

@@ -119,7 +119,7 @@ impl UpstreamTls {
     }
 
     /// The same trust, offering only HTTP/1.1 (for fetches Tollgate makes itself).
-    pub(crate) fn http1_only(&self) -> UpstreamTls {
+    pub fn http1_only(&self) -> UpstreamTls {
         let mut config = (*self.config).clone();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         UpstreamTls {
@@ -129,7 +129,7 @@ impl UpstreamTls {
     }
 
     /// TLS handshake with the real server for `sni`, verifying its certificate.
-    pub(crate) async fn handshake(
+    pub async fn handshake(
         &self,
         tcp: TcpStream,
         sni: &str,
@@ -145,7 +145,8 @@ impl UpstreamTls {
 
 /// Why no usable upstream connection could be made (recorded as the close reason).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum UpstreamFailure {
+#[non_exhaustive]
+pub enum UpstreamFailure {
     /// TCP connect failed or timed out, or the mark could not be set.
     #[error("upstream_connect: {0}")]
     Connect(String),
@@ -159,7 +160,7 @@ pub(crate) enum UpstreamFailure {
 
 impl UpstreamFailure {
     /// Value of the `x-tollgate-error` header.
-    pub(crate) fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             UpstreamFailure::Connect(_) => "upstream_connect",
             UpstreamFailure::Tls(_) => "upstream_tls",
@@ -170,7 +171,7 @@ impl UpstreamFailure {
 
 /// Connects to `addr`, marking the socket with `mark` before the SYN so the redirect hooks
 /// skip it; `timeout` bounds the whole attempt.
-pub(crate) async fn connect(
+pub async fn connect(
     addr: SocketAddr,
     mark: Option<u32>,
     timeout: Duration,

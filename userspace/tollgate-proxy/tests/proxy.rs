@@ -16,7 +16,9 @@ use sha2::{Digest, Sha256};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tollgate_proxy::{Decision, GateAction, ProcessIdentity, RecordSink, SniGate, UpstreamTls};
+use tollgate_proxy::{
+    CloseReason, Decision, GateAction, ProcessIdentity, RecordSink, SniGate, UpstreamTls,
+};
 use x509_parser::prelude::*;
 
 const MIB: usize = 1024 * 1024;
@@ -109,7 +111,7 @@ async fn passthrough_is_byte_exact_and_counted() {
     assert_eq!(record.sni.as_deref(), Some("files.example.org"));
     assert_eq!(record.bytes_up, from_client.len() as u64);
     assert_eq!(record.bytes_down, from_server.len() as u64);
-    assert_eq!(record.close_reason, "eof");
+    assert_eq!(record.close_reason, CloseReason::Eof);
     assert!(!record.upstream_verified);
     proxy.shutdown().await;
 }
@@ -196,7 +198,7 @@ async fn intercepts_http1_to_a_verified_upstream() {
     assert_eq!(record.requests, 1);
     assert_eq!(record.negotiated_alpn.as_deref(), Some("http/1.1"));
     assert_eq!(record.process.as_ref().unwrap().comm, "agent");
-    assert_eq!(record.close_reason, "eof");
+    assert_eq!(record.close_reason, CloseReason::Eof);
     assert!(record.bytes_up > 22 && record.bytes_down > 22);
     let line = serde_json::to_string(&record).unwrap();
     assert!(line.contains("\"decision\":\"intercept\""), "{line}");
@@ -283,15 +285,14 @@ async fn assert_upstream_refused(
     assert_eq!(record.decision, Decision::Intercept);
     assert!(!record.upstream_verified);
     assert!(
-        record.close_reason.starts_with("upstream_tls: "),
+        matches!(&record.close_reason, CloseReason::UpstreamTls(why) if why.contains(expect)),
         "{}",
         record.close_reason
     );
-    assert!(
-        record.close_reason.contains(expect),
-        "{}",
-        record.close_reason
-    );
+    assert!(record
+        .close_reason
+        .to_string()
+        .starts_with("upstream_tls: "));
     assert_eq!(
         server.requests.load(Ordering::SeqCst),
         0,
@@ -353,27 +354,32 @@ async fn fail_closed_rejections_leave_other_connections_alone() {
     let hello = client_hello_bytes("example.org");
     let mut bad_hello = client_hello_bytes(SNOWFLAKE_HOST);
     bad_hello[5] = 2; // a ServerHello where the ClientHello should be
-    let cases: Vec<(Vec<u8>, bool, &str)> = vec![
-        (hello.clone(), false, "blocked_by_policy"),
+                      // (what the client sends, whether it closes after, the reason's kind and how its detail
+                      // starts)
+    let cases: Vec<(Vec<u8>, bool, &str, &str)> = vec![
+        (hello.clone(), false, "blocked_by_policy", ""),
         (
             b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
             false,
             "not_tls",
+            "http blocked",
         ),
         (
             hello[..60].to_vec(),
             true,
-            "malformed_client_hello: client closed the connection after 60 bytes",
+            "malformed_client_hello",
+            "client closed the connection after 60 bytes",
         ),
         (
             bad_hello,
             false,
-            "malformed_client_hello: first handshake message has type 2",
+            "malformed_client_hello",
+            "first handshake message has type 2",
         ),
-        (Vec::new(), false, "peek_timeout"),
+        (Vec::new(), false, "peek_timeout", ""),
     ];
     let mut clients = Vec::new();
-    for (bytes, close_after, _) in &cases {
+    for (bytes, close_after, _, _) in &cases {
         let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
         stream.write_all(bytes).await.unwrap();
         if *close_after {
@@ -382,16 +388,26 @@ async fn fail_closed_rejections_leave_other_connections_alone() {
         clients.push(stream);
     }
     let mut pending = Vec::new();
-    for ((_, _, reason), mut stream) in cases.iter().zip(clients) {
+    for ((_, _, reason, detail), mut stream) in cases.iter().zip(clients) {
         let addr = stream.local_addr().unwrap();
         assert!(
             closed_by_peer(&mut stream).await,
             "{reason}: connection left open"
         );
         let record = proxy.record_for(addr, &mut pending).await;
+        assert_eq!(
+            record.close_reason.kind(),
+            *reason,
+            "{}",
+            record.close_reason
+        );
         assert!(
-            record.close_reason.starts_with(reason),
-            "{} !~ {reason}",
+            record
+                .close_reason
+                .detail()
+                .unwrap_or_default()
+                .starts_with(detail),
+            "{} !~ {reason}: {detail}",
             record.close_reason
         );
         // Blocked by the gate: an unlisted name, or plain HTTP (other protocols are blocked
@@ -409,7 +425,7 @@ async fn fail_closed_rejections_leave_other_connections_alone() {
     drop(sender);
     let record = proxy.record_for(healthy, &mut pending).await;
     assert_eq!(record.requests, 2);
-    assert_eq!(record.close_reason, "eof");
+    assert_eq!(record.close_reason, CloseReason::Eof);
     proxy.shutdown().await;
 }
 
@@ -429,14 +445,20 @@ async fn loops_and_missing_destinations_are_refused() {
     );
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     assert!(closed_by_peer(&mut stream).await);
-    assert_eq!(proxy.next_record().await.close_reason, "loop_detected");
+    assert_eq!(
+        proxy.next_record().await.close_reason,
+        CloseReason::LoopDetected
+    );
     proxy.shutdown().await;
 
     let mut proxy = start(test_config(), None, None, trusting(&pki));
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     assert!(closed_by_peer(&mut stream).await);
     let record = proxy.next_record().await;
-    assert_eq!(record.close_reason, "no_original_destination");
+    assert_eq!(
+        record.close_reason,
+        CloseReason::NoOriginalDestination(None)
+    );
     assert_eq!(record.decision, Decision::Reject);
     proxy.shutdown().await;
 }
@@ -482,6 +504,8 @@ async fn connection_limit_holds_the_next_client_back() {
         waited.is_err(),
         "second client served while the first held the only slot"
     );
+    // Not merely slow: not accepted at all while the slot was taken.
+    assert_eq!(proxy.accepted(), 1, "second client accepted over the limit");
 
     drop(first);
     tokio::time::timeout(Duration::from_secs(5), second.read_exact(&mut buf))
@@ -490,8 +514,8 @@ async fn connection_limit_holds_the_next_client_back() {
         .unwrap();
     assert_eq!(buf, hello);
     drop(second);
-    assert_eq!(proxy.next_record().await.close_reason, "eof");
-    assert_eq!(proxy.next_record().await.close_reason, "eof");
+    assert_eq!(proxy.next_record().await.close_reason, CloseReason::Eof);
+    assert_eq!(proxy.next_record().await.close_reason, CloseReason::Eof);
     proxy.shutdown().await;
 }
 
@@ -522,8 +546,10 @@ async fn graceful_shutdown_drains_and_writes_every_record() {
     assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
 
     // A silent client that would otherwise wait out the peek timeout: aborted after the grace.
+    // It must be accepted (and waiting in the peek) before shutdown starts, or it would stay
+    // in the backlog and be refused instead.
     let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.wait_accepted(2).await;
 
     let started = std::time::Instant::now();
     let stats = proxy.shutdown().await;
@@ -625,7 +651,7 @@ async fn fronting_to_a_snowflake_destination_is_blocked() {
         let record = proxy.record_for(addr, &mut pending).await;
         assert_eq!(record.decision, Decision::Block, "{sni:?}");
         assert!(
-            record.close_reason.contains("fronting"),
+            matches!(&record.close_reason, CloseReason::BlockedByPolicy(why) if why.contains("fronting")),
             "{sni:?}: {}",
             record.close_reason
         );
@@ -650,7 +676,7 @@ async fn fronting_to_a_snowflake_destination_is_blocked() {
     let record = proxy.record_for(addr, &mut pending).await;
     assert_eq!(record.decision, Decision::Block);
     assert!(
-        record.close_reason.contains("Snowflake address"),
+        matches!(&record.close_reason, CloseReason::BlockedByPolicy(why) if why.contains("Snowflake address")),
         "{}",
         record.close_reason
     );
@@ -751,7 +777,7 @@ async fn connect_tunnels_meet_the_gate() {
     let record = proxy.record_for(client_addr, &mut pending).await;
     assert_eq!(record.decision, Decision::Block);
     assert!(
-        record.close_reason.contains("storage"),
+        matches!(&record.close_reason, CloseReason::BlockedByPolicy(why) if why.contains("storage")),
         "{}",
         record.close_reason
     );

@@ -189,7 +189,7 @@ pub fn replay(args: &ReplayArgs) -> Result<()> {
     if events.is_empty() {
         bail!("no events of session {} in the {from}", args.session);
     }
-    print!("{}", replay::render(&events));
+    out!("{}", replay::render(&events))?;
     Ok(())
 }
 
@@ -235,29 +235,29 @@ pub fn run(cmd: AuditCommand) -> Result<()> {
             };
             let report = verify(&events, Some(&key), scope);
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?)?;
             } else {
-                println!(
+                outln!(
                     "verified {} events in {} sessions from the {from} with key {}",
                     report.events,
                     report.chains.len(),
                     key.key_id()
-                );
+                )?;
                 let open = report.chains.iter().filter(|c| !c.closed).count();
                 if open > 0 {
-                    println!("{open} session(s) still open (no signed end yet)");
+                    outln!("{open} session(s) still open (no signed end yet)")?;
                 }
                 if report.duplicates > 0 {
-                    println!(
+                    outln!(
                         "{} duplicate copies (re-deliveries not yet merged by ClickHouse; harmless)",
                         report.duplicates
-                    );
+                    )?;
                 }
                 for p in &report.problems {
-                    println!("{p}");
+                    outln!("{p}")?;
                 }
                 if report.ok() {
-                    println!("OK: the trail is complete and unaltered");
+                    outln!("OK: the trail is complete and unaltered")?;
                 }
             }
             if !report.ok() {
@@ -292,7 +292,7 @@ pub fn run(cmd: AuditCommand) -> Result<()> {
             loop {
                 let events = spool::read_from(&dir, next, 10_000)?;
                 for e in &events {
-                    println!("{} {}", e.session_id, replay::event_line(e, e.ts_us));
+                    outln!("{} {}", e.session_id, replay::event_line(e, e.ts_us))?;
                     next = e.host_seq + 1;
                     printed += 1;
                     if count.is_some_and(|n| printed >= n) {

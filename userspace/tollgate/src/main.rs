@@ -1,22 +1,38 @@
 //! `tollgate`: the appliance's binary — CLI, configuration, and the wiring of the redirect
 //! (eBPF), the proxy (TLS interception) and the connection records.
+//!
+//! Exit status: 0 on success; 1 on any error (printed once on stderr as `tollgate: …`, each
+//! cause once); 2 for a command line clap refuses; 141 when stdout's reader went away before
+//! the output was complete (`tollgate replay S | head`), with nothing printed — see
+//! [`output`].
 
+#[macro_use]
+mod output;
 mod audit_cmd;
 mod config;
+mod config_cmd;
+mod logging;
 mod policy_cmd;
+mod reload;
 mod run;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use config::{Config, OtherTraffic, UnknownEndpoints, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
+use logging::LogFormat;
 
 /// Tollgate: transparent, policy-enforcing interception of agents' Snowflake connections.
 #[derive(Parser)]
 #[command(name = "tollgate", version, about, long_about = None)]
 struct Cli {
+    /// Log format on stderr: `text` (coloured only on a terminal) or `json` (one object per
+    /// line). `RUST_LOG` sets the level (default `info` for `run`, `warn` otherwise).
+    #[arg(long, global = true, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -40,9 +56,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check policy files and explain decisions.
+    /// Check policy files, explain decisions, reload the running daemon's policy.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Check configuration files.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
     /// Print an audited session as it happened (from the spool or ClickHouse).
     Replay(audit_cmd::ReplayArgs),
     /// Verify and follow the audit trail.
@@ -75,7 +94,9 @@ enum CaCommand {
 /// `tollgate run` flags; each overrides the matching config-file setting.
 #[derive(Args, Debug, Default)]
 pub struct RunArgs {
-    /// YAML configuration file (see README); flags override its settings.
+    /// YAML configuration file (see README); flags override its settings. Relative paths in
+    /// the file are relative to the file's directory; relative paths given as flags, to the
+    /// working directory.
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// cgroup v2 directory whose processes are redirected (repeatable; replaces the file's list).
@@ -171,7 +192,13 @@ fn parse_resolve(s: &str) -> Result<(String, std::net::IpAddr), String> {
 }
 
 impl RunArgs {
-    /// The effective configuration: file (or defaults), then flags, then validation.
+    /// The runtime settings: file (or defaults), then flags, then [`Config::build`] (every
+    /// problem reported at once; nothing written).
+    fn settings(&self) -> Result<config::Settings> {
+        Ok(self.config()?.build()?)
+    }
+
+    /// The effective configuration: file (or defaults), then flags. Not yet validated.
     fn config(&self) -> Result<Config> {
         let mut c = match &self.config {
             Some(p) => Config::from_file(p)?,
@@ -205,7 +232,7 @@ impl RunArgs {
             c.intercept.other_protocols = o;
         }
         if let Some(r) = &self.upstream_roots {
-            c.tls.upstream_roots = Some(r.clone());
+            c.tls.upstream_roots = Some(absolute(r)?);
         }
         if let Some(s) = &self.state_dir {
             c.state_dir = absolute(s)?;
@@ -214,7 +241,11 @@ impl RunArgs {
             c.redirect.pin_dir = absolute(p)?;
         }
         if let Some(r) = &self.records {
-            c.records = Some(r.clone());
+            c.records = Some(if r == "-" {
+                r.clone()
+            } else {
+                absolute(Path::new(r))?.display().to_string()
+            });
         }
         if let Some(p) = self.listen_port {
             c.listen.port = p;
@@ -254,38 +285,40 @@ impl RunArgs {
         if self.no_ebpf {
             c.redirect.mode = config::RedirectMode::None;
         }
-        c.validate()?;
         Ok(c)
     }
 }
 
-fn absolute(p: &std::path::Path) -> Result<PathBuf> {
-    Ok(if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .context("resolving a relative path")?
-            .join(p)
-    })
+/// A flag's path against the working directory.
+fn absolute(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("resolving the relative path {}", p.display()))
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_filter = match cli.cmd {
+        Command::Run(_) => "info",
+        _ => "warn",
+    };
+    logging::init(cli.log_format, default_filter);
     let result = match cli.cmd {
-        Command::Run(args) => args.config().and_then(run::run),
+        Command::Run(args) => args.settings().and_then(run::run),
         Command::Ca(CaCommand::Init { state_dir }) => run::ca_init(&state_dir),
         Command::Ca(CaCommand::Show { state_dir }) => run::ca_show(&state_dir),
         Command::Status { pin_dir, json } => run::status(&pin_dir, json),
         Command::Detach { pin_dir } => run::detach(&pin_dir),
         Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::Config(cmd) => config_cmd::run(cmd),
         Command::Replay(args) => audit_cmd::replay(&args),
         Command::Audit(cmd) => audit_cmd::run(cmd),
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader has all it wanted; saying so would only add noise to its pipeline.
+        Err(e) if output::is_broken_stdout(&e) => ExitCode::from(output::BROKEN_PIPE_EXIT),
         Err(e) => {
-            eprintln!("tollgate: {e:#}");
-            std::process::ExitCode::FAILURE
+            errln!("tollgate: {}", output::anyhow_chain(&e));
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,12 +1,16 @@
-//! `tollgate policy check|explain`: validate policy files, and show what a policy decides for a
-//! statement and an identity — without a running daemon.
+//! `tollgate policy check|explain|reload`: validate policy files, show what a policy decides for
+//! a statement and an identity (without a running daemon), and make the running daemon reload
+//! its policy ([`crate::reload`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use tollgate_policy::{analyze, EvalInput, Identity, NameContext, Policy};
+use sha2::{Digest as _, Sha256};
+use tollgate_policy::{analyze, EvalInput, Identity, NameContext, Policy, PolicyError};
+
+use crate::output::error_chain;
 
 /// The embedded policy used when none is configured: every statement is refused, with a
 /// message that says how to configure one.
@@ -23,6 +27,13 @@ pub enum PolicyCommand {
     },
     /// Print the decision for a statement as JSON (decision, rule, tables, columns, mask plan).
     Explain(Box<ExplainArgs>),
+    /// Make the running daemon re-read and compile its policy file (SIGHUP), and report.
+    ///
+    /// Reads the daemon's pid from `<state-dir>/tollgate.pid`, sends SIGHUP, and waits until
+    /// the daemon reports the outcome in `<state-dir>/policy.json`. A policy that does not
+    /// compile is refused: the policy in force stays, the errors are printed, and the exit
+    /// status is 1. Either way the daemon logs it and records a `policy_reload` audit event.
+    Reload(crate::reload::ReloadArgs),
 }
 
 /// `tollgate policy explain` arguments: the statement and who runs it.
@@ -72,17 +83,60 @@ pub struct ExplainArgs {
     claims: Vec<String>,
 }
 
-/// Loads a policy file with errors that name file, line and field.
-pub fn load_policy(path: &Path) -> Result<Policy> {
-    Ok(tollgate_policy::load(path)?)
+/// What an embedded-default policy is called in messages.
+pub const EMBEDDED_POLICY_NAME: &str = "<embedded default policy>";
+
+/// A compiled policy, where it came from, and the digest of the text it was compiled from.
+#[derive(Debug, Clone)]
+pub struct LoadedPolicy {
+    /// The policy file; `None` for the embedded default.
+    pub path: Option<PathBuf>,
+    /// The compiled policy.
+    pub policy: Policy,
+    /// `sha256:<hex>` of the policy text as read.
+    pub digest: String,
+}
+
+impl LoadedPolicy {
+    /// The file name, or [`EMBEDDED_POLICY_NAME`].
+    pub fn name(&self) -> String {
+        self.path.as_ref().map_or_else(
+            || EMBEDDED_POLICY_NAME.to_owned(),
+            |p| p.display().to_string(),
+        )
+    }
+}
+
+/// `sha256:<hex>` of a policy text.
+pub fn policy_digest(text: &str) -> String {
+    let hash = Sha256::digest(text.as_bytes());
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Reads and compiles a policy file; errors name the file, line and field (all of them).
+pub fn load_policy_file(path: &Path) -> Result<LoadedPolicy, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(LoadedPolicy {
+        path: Some(path.to_owned()),
+        policy: Policy::compile(&text, &path.display().to_string())?,
+        digest: policy_digest(&text),
+    })
 }
 
 /// The policy `tollgate run` enforces: the configured file, or the embedded default.
-pub fn configured_policy(path: Option<&Path>) -> Result<Policy> {
+pub fn load_configured(path: Option<&Path>) -> Result<LoadedPolicy, PolicyError> {
     match path {
-        Some(p) => load_policy(p),
-        None => Policy::compile(DEFAULT_POLICY, "<embedded default policy>")
-            .context("the embedded default policy does not compile (a build defect)"),
+        Some(p) => load_policy_file(p),
+        // Compiled by the unit tests too: a failure here is a build defect.
+        None => Ok(LoadedPolicy {
+            path: None,
+            policy: Policy::compile(DEFAULT_POLICY, EMBEDDED_POLICY_NAME)?,
+            digest: policy_digest(DEFAULT_POLICY),
+        }),
     }
 }
 
@@ -92,11 +146,16 @@ pub fn run(cmd: PolicyCommand) -> Result<()> {
         PolicyCommand::Check { files } => {
             let mut failed = 0;
             for f in &files {
-                match load_policy(f) {
-                    Ok(p) => println!("ok: {} ({} rules)", f.display(), p.rule_count()),
+                match load_policy_file(f) {
+                    Ok(p) => outln!(
+                        "ok: {} ({} rules, {})",
+                        f.display(),
+                        p.policy.rule_count(),
+                        p.digest
+                    )?,
                     Err(e) => {
                         failed += 1;
-                        eprintln!("error: {e:#}");
+                        errln!("error: {}", error_chain(&e));
                     }
                 }
             }
@@ -107,7 +166,7 @@ pub fn run(cmd: PolicyCommand) -> Result<()> {
         }
         PolicyCommand::Explain(a) => {
             let a = *a;
-            let policy = load_policy(&a.policy)?;
+            let policy = load_policy_file(&a.policy)?.policy;
             let mut claims = BTreeMap::new();
             for c in &a.claims {
                 let (k, v) = c
@@ -138,8 +197,30 @@ pub fn run(cmd: PolicyCommand) -> Result<()> {
                 identity: &identity,
                 analysis: analysis.as_ref(),
             });
-            println!("{}", serde_json::to_string_pretty(&decision)?);
+            outln!("{}", serde_json::to_string_pretty(&decision)?)?;
             Ok(())
         }
+        PolicyCommand::Reload(args) => crate::reload::reload_command(&args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_compiles_and_refuses() {
+        let p = load_configured(None).unwrap();
+        assert_eq!(p.path, None);
+        assert_eq!(p.name(), EMBEDDED_POLICY_NAME);
+        assert!(p.digest.starts_with("sha256:") && p.digest.len() == 7 + 64);
+    }
+
+    #[test]
+    fn a_missing_policy_names_the_file_and_the_os_error_once() {
+        let e = load_configured(Some(Path::new("/nonexistent/tollgate-policy.yaml"))).unwrap_err();
+        let text = error_chain(&e);
+        assert!(text.contains("/nonexistent/tollgate-policy.yaml"), "{text}");
+        assert_eq!(text.matches("os error 2").count(), 1, "{text}");
     }
 }

@@ -1,36 +1,42 @@
 //! The commands' glue: `run` wires the redirect (tollgate-bpf), the proxy (tollgate-proxy) and
 //! the record sink together; `ca`, `status` and `detach` are thin views over the same parts.
+//!
+//! `run` takes [`Settings`] that [`crate::config::Config::build`] already checked, then checks
+//! the host (cgroup2 mount, target cgroups, privileges, bpffs) — and only then creates anything:
+//! its cgroup, the state directory, keys, spool, CA, record file, pins, pid file. A refused
+//! setting or host leaves the disk as it was.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tollgate_bpf::{RedirectConfig, Redirector};
-use tollgate_mask::{DetectorConfig, DetectorSet, MaskKey};
-use tollgate_proxy::snowflake::{
-    Masking, SnowflakeConfig, SnowflakeHooks, StorageClient, StorageConfig,
-    UnknownEndpoints as Unknown,
-};
+use tollgate_bpf::{ConnectLookup, RedirectConfig, Redirector};
+use tollgate_mask::MaskKey;
 use tollgate_proxy::{
-    CertificateAuthority, KernelRedirectsOnly, ProcessIdentity, Proxy, ProxyConfig, RecordSink,
-    Redirects, UpstreamTls,
+    CertificateAuthority, KernelRedirectsOnly, ProcessIdentity, Proxy, RecordSink, Redirects,
+};
+use tollgate_snowflake::{
+    Auditor, Masking, SnowflakeConfig, SnowflakeHooks, StorageClient, StorageConfig,
+    UnknownEndpoints as Unknown,
 };
 use tollgate_wire::snowflake::BodyLimits;
 use tracing::{info, warn};
 
-use crate::config::{resolve_cgroup, Config, RedirectMode, UnknownEndpoints};
-use crate::policy_cmd::configured_policy;
+use crate::config::{
+    resolve_cgroup, MaskKeySource, RecordsTarget, RedirectPlan, Settings, UnknownEndpoints,
+};
+use crate::output::error_chain;
+use crate::reload::Reloader;
 
-/// Process identity from the eBPF connect hooks, for the proxy.
+/// Process identity from the eBPF connect hooks, for the proxy: a lock-free map handle.
 struct EbpfRedirects {
-    redirector: Mutex<Redirector>,
+    lookup: ConnectLookup,
 }
 
 impl Redirects for EbpfRedirects {
-    fn take_identity(&self, client: SocketAddr) -> Option<ProcessIdentity> {
-        let info = self.redirector.lock().ok()?.lookup(client)?;
+    fn take_identity(&self, client: std::net::SocketAddr) -> Option<ProcessIdentity> {
+        let info = self.lookup.lookup(client)?;
         Some(ProcessIdentity {
             pid: info.pid,
             tgid: info.tgid,
@@ -43,15 +49,6 @@ impl Redirects for EbpfRedirects {
             cgroup_path: None,
         })
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// The cgroup2 mount point, or an error that says how to get one.
@@ -89,70 +86,73 @@ fn raise_nofile_limit() {
     }
 }
 
-/// `tollgate run`.
-pub fn run(config: Config) -> Result<()> {
-    init_tracing();
-    raise_nofile_limit();
-    let ebpf = config.redirect.mode == RedirectMode::Ebpf;
-    let mut redirect_cfg = None;
-    if ebpf {
-        let mount = cgroup2_mount()?;
-        let proxy_cgroup = resolve_cgroup(&mount, &config.redirect.proxy_cgroup);
-        let cgroups: Vec<PathBuf> = config
-            .redirect
-            .cgroups
-            .iter()
-            .map(|c| resolve_cgroup(&mount, c))
-            .collect();
-        for (i, cg) in cgroups.iter().enumerate() {
-            if !cg.join("cgroup.procs").exists() {
-                bail!(
-                    "config field `redirect.cgroups[{i}]`: {} is not a cgroup v2 directory (create it, or name an existing one under {})",
-                    cg.display(),
-                    mount.display()
-                );
-            }
+/// The host checks of the redirect, before anything is created: the cgroup2 mount, the target
+/// cgroups, privileges and kernel features.
+fn check_redirect(plan: &RedirectPlan) -> Result<RedirectConfig> {
+    let mount = cgroup2_mount()?;
+    let proxy_cgroup = resolve_cgroup(&mount, &plan.proxy_cgroup);
+    let cgroups: Vec<PathBuf> = plan
+        .cgroups
+        .iter()
+        .map(|c| resolve_cgroup(&mount, c))
+        .collect();
+    for (i, cg) in cgroups.iter().enumerate() {
+        if !cg.join("cgroup.procs").exists() {
+            bail!(
+                "config field `redirect.cgroups[{i}]`: {} is not a cgroup v2 directory (create it, or name an existing one under {})",
+                cg.display(),
+                mount.display()
+            );
         }
-        let rc = RedirectConfig {
-            cgroups,
-            ports: config.redirect.target_ports(),
-            direct: config.redirect.direct_destinations()?,
-            listen_port: config.listen.port,
-            proxy_cgroup: proxy_cgroup.clone(),
-            proxy_tgid: std::process::id(),
-            mark: config.redirect.socket_mark,
-            pin_dir: config.redirect.pin_dir.clone(),
-        };
-        // Privileges and kernel features first, so that a missing capability is reported as
-        // such rather than as a failure to create tollgate's cgroup.
-        tollgate_bpf::preflight(&RedirectConfig {
-            proxy_cgroup: mount.clone(),
-            ..rc.clone()
-        })?;
-        std::fs::create_dir_all(&proxy_cgroup).with_context(|| {
+    }
+    let rc = RedirectConfig {
+        cgroups,
+        ports: plan.ports.clone(),
+        direct: plan.direct.clone(),
+        listen_port: plan.listen_port,
+        proxy_cgroup,
+        proxy_tgid: std::process::id(),
+        mark: plan.mark,
+        pin_dir: plan.pin_dir.clone(),
+    };
+    // Privileges and kernel features first, so that a missing capability is reported as
+    // such rather than as a failure to create tollgate's cgroup (which does not exist yet:
+    // its parent, the mount, stands in).
+    tollgate_bpf::preflight(&RedirectConfig {
+        proxy_cgroup: mount,
+        ..rc.clone()
+    })?;
+    Ok(rc)
+}
+
+/// `tollgate run`.
+pub fn run(settings: Settings) -> Result<()> {
+    raise_nofile_limit();
+    let redirect_cfg = settings.redirect.as_ref().map(check_redirect).transpose()?;
+
+    // Every check passed: from here on, things are created.
+    if let Some(rc) = &redirect_cfg {
+        std::fs::create_dir_all(&rc.proxy_cgroup).with_context(|| {
             format!(
                 "creating tollgate's cgroup {} (config field `redirect.proxy_cgroup`)",
-                proxy_cgroup.display()
+                rc.proxy_cgroup.display()
             )
         })?;
-        enter_cgroup(&proxy_cgroup)?;
-        redirect_cfg = Some(rc);
+        enter_cgroup(&rc.proxy_cgroup)?;
     }
 
-    let policy = Arc::new(configured_policy(config.policy.as_deref())?);
-    match &config.policy {
-        Some(p) => info!(policy = %p.display(), rules = policy.rule_count(), "policy loaded"),
+    let loaded = &settings.policy;
+    let policy = Arc::new(loaded.policy.clone());
+    match &loaded.path {
+        Some(p) => info!(policy = %p.display(), rules = policy.rule_count(), digest = %loaded.digest, "policy loaded"),
         None => warn!("no policy configured: every Snowflake statement is refused until one is given with --policy FILE"),
     }
-    let sf = &config.snowflake;
-    let upstream = match &config.tls.upstream_roots {
-        Some(p) => UpstreamTls::from_pem_file(p)?,
-        None => UpstreamTls::system_roots()?,
-    };
-    let masking = masking_setup(&config)?;
+    let sf = &settings.snowflake;
+    let upstream = settings.upstream.clone();
+    let masking = masking_setup(&settings)?;
     let storage = StorageClient::new(
         &upstream,
-        Some(config.redirect.socket_mark),
+        settings.proxy.upstream_mark,
         StorageConfig {
             resolve: sf
                 .storage_resolve
@@ -165,19 +165,19 @@ pub fn run(config: Config) -> Result<()> {
         },
     );
     // The audit spool first: nothing is served unless it can be recorded.
-    let audit_host = config
-        .audit
+    let audit = &settings.audit;
+    let audit_host = audit
         .host
         .clone()
         .or_else(hostname)
         .unwrap_or_else(|| "localhost".into());
-    let key_path = config.audit_key();
+    let key_path = audit.key_file.clone();
     let audit_key = tollgate_audit::HostKey::load_or_create(&key_path)
         .with_context(|| format!("preparing the audit signing key {}", key_path.display()))?;
     info!(key = %key_path.display(), key_id = %audit_key.public().key_id(), "audit signing key");
-    let spool_dir = config.spool_dir();
+    let spool_dir = audit.spool_dir.clone();
     let mut spool_opts = tollgate_audit::SpoolOptions::new(spool_dir.clone(), audit_host.clone());
-    spool_opts.sync = config.audit.fsync;
+    spool_opts.sync = audit.fsync;
     if !spool_opts.sync {
         warn!("audit.fsync is off: acknowledged audit events may be lost on power failure (for benchmarks only)");
     }
@@ -190,10 +190,7 @@ pub fn run(config: Config) -> Result<()> {
         torn_bytes = recovery.torn_bytes,
         "audit spool open"
     );
-    let clickhouse = match &config.audit.clickhouse {
-        Some(ch) => Some(ch.sink_config()?),
-        None => None,
-    };
+    let clickhouse = audit.clickhouse.clone();
     let hooks = Arc::new(
         SnowflakeHooks::new(
             SnowflakeConfig {
@@ -209,72 +206,59 @@ pub fn run(config: Config) -> Result<()> {
                 },
                 max_inspected_response: sf.max_inspected_response_bytes,
                 host: hostname(),
+                ..SnowflakeConfig::default()
             },
             policy,
         )
         .with_storage(storage)
         .with_masking(masking)
-        .with_audit(tollgate_proxy::audit::Auditor::new(spool.clone())),
+        .with_audit(Auditor::new(spool.clone())),
     );
 
-    let (ca, created) = CertificateAuthority::load_or_create(&config.state_dir)
+    let (ca, created) = CertificateAuthority::load_or_create(&settings.state_dir)
         .context("preparing the interception CA")?;
     if created {
         info!(path = %ca.cert_path().display(), "created the interception CA; agents' hosts must trust it");
     }
-    let records_target = config.records_target();
-    let records = if records_target == "-" {
-        RecordSink::stdout()?
-    } else {
-        RecordSink::file(Path::new(&records_target))?
+    let records_target = settings.records.clone();
+    let records = match &records_target {
+        RecordsTarget::Stdout => RecordSink::stdout()?,
+        RecordsTarget::File(path) => RecordSink::file(path)?,
     };
-
-    let (gate, snowflake_ranges) = config.intercept.build()?;
-    let proxy_cfg = ProxyConfig {
-        listen: config
-            .listen
-            .addresses
-            .iter()
-            .map(|a| SocketAddr::new(*a, config.listen.port))
-            .collect(),
-        gate,
-        snowflake_ranges,
-        other_protocols: config.intercept.other_protocols.action(),
-        server_first_after: Duration::from_millis(config.intercept.server_first_ms),
-        max_connections: config.limits.max_connections,
-        peek_timeout: config.limits.peek_timeout(),
-        max_client_hello_len: config.limits.max_client_hello_bytes,
-        upstream_connect_timeout: config.limits.upstream_connect_timeout(),
-        shutdown_grace: config.limits.shutdown_grace(),
-        upstream_mark: Some(config.redirect.socket_mark),
-        ..ProxyConfig::default()
-    };
-    proxy_cfg
-        .validate()
-        .map_err(|e| anyhow::anyhow!("invalid proxy settings: {e}"))?;
+    let reloader = Reloader::new(&settings.state_dir, loaded, spool.clone(), {
+        let hooks = hooks.clone();
+        Box::new(move |policy| hooks.set_policy(policy))
+    });
+    let proxy_cfg = settings.proxy;
 
     // The redirect is attached before the listeners exist: a connect redirected in between is
     // refused (fail closed), and on a restart the previous run's pinned links keep refusing
     // until the listeners are back.
-    let ebpf_redirects = match &redirect_cfg {
+    let mut redirector = match &redirect_cfg {
         Some(rc) => {
             let redirector = Redirector::attach(rc)?;
             log_attach_report(redirector.attach_report());
-            Some(Arc::new(EbpfRedirects {
-                redirector: Mutex::new(redirector),
-            }))
+            Some(redirector)
         }
         None => None,
     };
-    let redirects: Arc<dyn Redirects> = match &ebpf_redirects {
-        Some(r) => r.clone(),
+    let redirects: Arc<dyn Redirects> = match &redirector {
+        Some(r) => Arc::new(EbpfRedirects {
+            lookup: r.connect_lookup(),
+        }),
         None => Arc::new(KernelRedirectsOnly),
     };
+    let kernel_log = redirector.as_mut().and_then(Redirector::take_kernel_log);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
+        // Before anyone can send them (the pid file, the ready line): the default actions of
+        // SIGHUP, SIGTERM and SIGINT would end the daemon without a reload or a drain.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP (policy reload) handler")?;
+        let shutdown = shutdown_signal()?;
         let proxy = Proxy::new(
             proxy_cfg,
             Arc::new(ca),
@@ -312,21 +296,23 @@ pub fn run(config: Config) -> Result<()> {
                     .await;
             })
         });
-        if let Some(r) = ebpf_redirects {
+        if let Some(mut log) = kernel_log {
             // The programs log only when they cannot store a record; forward that to our log.
+            // The reader is this task's own: the accept path never waits for it.
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tick.tick().await;
-                    if let Ok(mut redirector) = r.redirector.lock() {
-                        redirector.flush_kernel_logs();
-                    }
+                    log.flush();
                 }
             });
         }
+        reloader.publish()?;
+        let reloader_files = reloader.files();
+        tokio::spawn(crate::reload::serve(hangup, reloader));
         let addrs: Vec<String> = bound.local_addrs().iter().map(|a| a.to_string()).collect();
-        match &redirect_cfg {
-            Some(rc) => println!(
+        let ready = match &redirect_cfg {
+            Some(rc) => outln!(
                 "tollgate ready: listening on {}; redirecting TCP ports {} from {} cgroup(s); records: {}; audit spool: {}",
                 addrs.join(", "),
                 rc.ports,
@@ -334,13 +320,19 @@ pub fn run(config: Config) -> Result<()> {
                 records_target,
                 spool_dir.display()
             ),
-            None => println!(
+            None => outln!(
                 "tollgate ready: listening on {} (no eBPF: feed it with a REDIRECT rule); records: {}",
                 addrs.join(", "),
                 records_target
             ),
+        };
+        if let Err(e) = ready {
+            // Whoever started us stopped listening; the daemon still serves.
+            warn!(error = %error_chain(&e), "the ready line could not be written to stdout");
         }
-        let stats = bound.run(shutdown_signal()).await?;
+        let served = bound.run(shutdown).await;
+        reloader_files.withdraw();
+        let stats = served?;
         info!(?stats, "proxy stopped");
         spool.flush().await;
         let _ = stop_ship.send(true);
@@ -349,6 +341,8 @@ pub fn run(config: Config) -> Result<()> {
                 warn!("audit shipping did not finish in 10 s; the rest ships at the next start");
             }
         }
+        // Kept until here: its fds keep the object's programs and maps open while we serve.
+        drop(redirector);
         if redirect_cfg.is_some() {
             warn!("the redirect stays in force while tollgate is stopped (agents get connection refused); `tollgate detach` removes it");
         }
@@ -391,24 +385,28 @@ fn hostname() -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (so a signal sent as soon as "ready" is printed
+/// drains rather than kills), and returns the wait for either.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: draining connections"),
-        _ = int.recv() => info!("SIGINT: draining connections"),
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: draining connections"),
+            _ = int.recv() => info!("SIGINT: draining connections"),
+        }
+    })
 }
 
 /// `tollgate ca init`.
 pub fn ca_init(state_dir: &Path) -> Result<()> {
     let (ca, created) = CertificateAuthority::load_or_create(state_dir)?;
-    println!(
+    outln!(
         "{} {}",
         if created { "created" } else { "exists:" },
         ca.cert_path().display()
-    );
+    )?;
     Ok(())
 }
 
@@ -421,8 +419,8 @@ pub fn ca_show(state_dir: &Path) -> Result<()> {
             state_dir.display()
         )
     })?;
-    println!("CA certificate: {}", ca.cert_path().display());
-    print!("{}", ca.cert_pem());
+    outln!("CA certificate: {}", ca.cert_path().display())?;
+    out!("{}", ca.cert_pem())?;
     Ok(())
 }
 
@@ -430,16 +428,16 @@ pub fn ca_show(state_dir: &Path) -> Result<()> {
 pub fn status(pin_dir: &Path, json: bool) -> Result<()> {
     let st = tollgate_bpf::status(pin_dir)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        outln!("{}", serde_json::to_string_pretty(&st)?)?;
         return Ok(());
     }
     if !st.pinned {
-        println!("not attached: nothing pinned at {}", pin_dir.display());
+        outln!("not attached: nothing pinned at {}", pin_dir.display())?;
         return Ok(());
     }
-    println!("redirect pinned at {}", pin_dir.display());
+    outln!("redirect pinned at {}", pin_dir.display())?;
     if let Some(c) = &st.config {
-        println!(
+        outln!(
             "  listener port {}, target ports {}, enabled {}, proxy pid {} ({})",
             c.listen_port,
             if c.all_ports {
@@ -454,10 +452,10 @@ pub fn status(pin_dir: &Path, json: bool) -> Result<()> {
             } else {
                 "NOT running: agents are refused until it restarts"
             }
-        );
+        )?;
     }
     for l in &st.links {
-        println!(
+        outln!(
             "  {:<10} cgroup {} ({}) link {} prog {} {}",
             format!("{:?}", l.hook).to_lowercase(),
             l.cgroup_id,
@@ -472,14 +470,16 @@ pub fn status(pin_dir: &Path, json: bool) -> Result<()> {
             } else {
                 "NOT attached"
             }
-        );
+        )?;
     }
     for k in &st.kernel_attachments {
         if k.tollgate_programs != Some(1) {
-            println!(
+            outln!(
                 "  warning: {:?} on cgroup {} has {:?} tollgate programs attached (expected 1)",
-                k.hook, k.cgroup_id, k.tollgate_programs
-            );
+                k.hook,
+                k.cgroup_id,
+                k.tollgate_programs
+            )?;
         }
     }
     if let Some(c) = &st.config {
@@ -488,102 +488,86 @@ pub fn status(pin_dir: &Path, json: bool) -> Result<()> {
             .iter()
             .map(|r| format!("{} ({})", r.net, r.reason))
             .collect();
-        println!(
+        outln!(
             "  direct (never redirected): {}",
             if direct.is_empty() {
                 "nothing".to_owned()
             } else {
                 direct.join(", ")
             }
-        );
+        )?;
         let pre = c.preexisting;
-        println!(
+        outln!(
             "  pre-existing connections destroyed at the last start: {}",
             pre.destroyed
-        );
+        )?;
         if pre.failed > 0 {
-            println!(
+            outln!(
                 "  warning: {} pre-existing connections could not be destroyed: they bypass tollgate until they close (see the run log)",
                 pre.failed
-            );
+            )?;
         }
         if pre.unchecked {
-            println!("  warning: some pre-existing connections could not be examined at the last start (see the run log)");
+            outln!("  warning: some pre-existing connections could not be examined at the last start (see the run log)")?;
         }
     }
-    println!(
+    outln!(
         "  unclaimed redirect records: {}, pending: {}",
-        st.orig_dst_entries, st.pending_entries
-    );
+        st.orig_dst_entries,
+        st.pending_entries
+    )?;
     Ok(())
 }
 
 /// `tollgate detach`.
 pub fn detach(pin_dir: &Path) -> Result<()> {
     let r = tollgate_bpf::detach(pin_dir)?;
-    println!(
+    outln!(
         "detached: removed {} link(s), {} program(s), {} map(s) from {}",
         r.links,
         r.programs,
         r.maps,
         pin_dir.display()
-    );
+    )?;
     Ok(())
 }
 
-/// The tokenisation key (created on first start when it is the default path) and the
-/// detectors.
-fn masking_setup(config: &Config) -> Result<Masking> {
-    let default_path = config.state_dir.join("mask.key");
-    let path = config
-        .masking
-        .key_file
-        .clone()
-        .unwrap_or(default_path.clone());
-    if !path.exists() && path == default_path {
-        std::fs::create_dir_all(&config.state_dir).with_context(|| {
-            format!(
-                "creating the state directory {}",
-                config.state_dir.display()
-            )
-        })?;
-        let mut key = [0u8; 32];
-        getrandom::getrandom(&mut key)
-            .map_err(|e| anyhow::anyhow!("no randomness for the masking key: {e}"))?;
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("creating the masking key {}", path.display()))?;
-        f.write_all(&key)
-            .with_context(|| format!("writing the masking key {}", path.display()))?;
-        f.sync_all().ok();
-        info!(path = %path.display(), "created the masking key for `token` masking; back it up to keep tokens stable");
-    }
-    let bytes = std::fs::read(&path).with_context(|| {
-        format!(
-            "reading the masking key {} (config field `masking.key_file`)",
-            path.display()
-        )
-    })?;
-    let key = MaskKey::from_bytes(&bytes)
-        .map_err(|e| anyhow::anyhow!("the masking key {} is unusable: {e}", path.display()))?;
-    let detectors = match &config.masking.mrn_pattern {
-        None => DetectorSet::standard(),
-        Some(p) => {
-            let cfg = DetectorConfig {
-                mrn_pattern: Some(p.clone()),
-                ..DetectorConfig::default()
-            };
-            DetectorSet::compile(&cfg)
-                .map_err(|e| anyhow::anyhow!("config field `masking.mrn_pattern`: {e}"))?
+/// The tokenisation key (created on first start at the default path; the build read an
+/// existing one) and the detectors.
+fn masking_setup(settings: &Settings) -> Result<Masking> {
+    let key = match &settings.masking.key {
+        MaskKeySource::Existing { path, key } => {
+            info!(path = %path.display(), "masking key");
+            key.clone()
         }
+        MaskKeySource::Create { path } => create_mask_key(path)?,
     };
     Ok(Masking {
         key: Some(key),
-        detectors: Arc::new(detectors),
+        detectors: settings.masking.detectors.clone(),
     })
+}
+
+/// Creates a fresh 32-byte masking key at `path` (mode 0600, never replacing a file).
+fn create_mask_key(path: &Path) -> Result<MaskKey> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+    }
+    let mut key = [0u8; 32];
+    getrandom::getrandom(&mut key)
+        .map_err(|e| anyhow::anyhow!("no randomness for the masking key: {e}"))?;
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating the masking key {}", path.display()))?;
+    f.write_all(&key)
+        .with_context(|| format!("writing the masking key {}", path.display()))?;
+    f.sync_all().ok();
+    info!(path = %path.display(), "created the masking key for `token` masking; back it up to keep tokens stable");
+    MaskKey::from_bytes(&key).map_err(|e| anyhow::anyhow!("the new masking key is unusable: {e}"))
 }

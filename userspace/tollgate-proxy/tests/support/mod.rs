@@ -151,10 +151,14 @@ pub async fn echo_https_server(config: Arc<rustls::ServerConfig>) -> EchoHttpsSe
     }
 }
 
-/// Redirects that report one fixed original destination and, optionally, an identity.
+/// Redirects that report one fixed original destination and, optionally, an identity, and
+/// count the lookups: the proxy asks for the original destination of every connection right
+/// after accepting it, so the count is the number of connections being served.
 pub struct FixedRedirects {
     pub dst: Option<SocketAddr>,
     pub identity: Mutex<Option<ProcessIdentity>>,
+    /// Original-destination lookups so far.
+    pub lookups: tokio::sync::watch::Sender<usize>,
 }
 
 impl Redirects for FixedRedirects {
@@ -167,6 +171,7 @@ impl Redirects for FixedRedirects {
         _client: SocketAddr,
         _stream: &TcpStream,
     ) -> std::io::Result<Option<SocketAddr>> {
+        self.lookups.send_modify(|n| *n += 1);
         Ok(self.dst)
     }
 }
@@ -177,6 +182,7 @@ pub struct Harness {
     pub ca: Arc<CertificateAuthority>,
     pub ca_dir: tempfile::TempDir,
     pub records: mpsc::UnboundedReceiver<ConnectionRecord>,
+    pub redirects: Arc<FixedRedirects>,
     shutdown: Option<oneshot::Sender<()>>,
     run: Option<JoinHandle<ProxyStats>>,
 }
@@ -216,12 +222,13 @@ pub fn start_with_sink(
     let redirects = Arc::new(FixedRedirects {
         dst,
         identity: Mutex::new(identity),
+        lookups: tokio::sync::watch::Sender::new(0),
     });
     let proxy = Proxy::new(
         config,
         ca.clone(),
         upstream,
-        redirects,
+        redirects.clone(),
         records,
         Arc::new(PassThroughHooks),
     );
@@ -241,6 +248,7 @@ pub fn start_with_sink(
         ca,
         ca_dir,
         records: rx,
+        redirects,
         shutdown: Some(tx),
         run: Some(run),
     }
@@ -251,6 +259,26 @@ impl Harness {
     pub async fn shutdown(&mut self) -> ProxyStats {
         let _ = self.shutdown.take().unwrap().send(());
         self.run.take().unwrap().await.unwrap()
+    }
+
+    /// Waits until the proxy has accepted and started serving `n` connections in all (it
+    /// looked up their original destinations), failing the test after 10 s.
+    pub async fn wait_accepted(&self, n: usize) {
+        let mut lookups = self.redirects.lookups.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), lookups.wait_for(|&seen| seen >= n))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the proxy accepted {} of {n} connections within 10 s",
+                    *self.redirects.lookups.borrow()
+                )
+            })
+            .expect("the redirects outlive the harness");
+    }
+
+    /// Connections the proxy has accepted and started serving so far.
+    pub fn accepted(&self) -> usize {
+        *self.redirects.lookups.borrow()
     }
 
     /// The next record, failing the test after 10 s.

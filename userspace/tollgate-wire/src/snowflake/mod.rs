@@ -47,8 +47,8 @@ pub use login::{
 };
 pub use path::{normalize_path, NormalizedPath, PathError};
 pub use query::{
-    AbortRequest, Binding, BindingValue, Chunk, Envelope, MonitoringQuery, MonitoringResponse,
-    QueryRequest, QueryResponse, ResultFormat, RowType,
+    AbortRequest, Binding, BindingValue, Chunk, Envelope, HandedOutChunk, MonitoringQuery,
+    MonitoringResponse, QueryRequest, QueryResponse, ResultFormat, RowType,
 };
 pub use reply::{
     error_response, sql_api_error_response, ErrorReply, SQL_API_BAD_REQUEST_STATUS,

@@ -283,7 +283,22 @@ pub struct Chunk {
     pub compressed_size: Option<i64>,
 }
 
+/// A chunk as handed to the driver after a rewrite (see [`QueryResponse::hand_out_chunks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandedOutChunk {
+    /// Index of the chunk in the received `data.chunks`.
+    pub index: usize,
+    /// The URL the driver fetches it from now.
+    pub url: String,
+    /// Its row count after a cap cut it (`None`: as received).
+    pub row_count: Option<u64>,
+}
+
 /// The answer to a query request or a `GET /queries/<qid>/result`.
+///
+/// The typed fields are a view of the body: edit the body only through the methods here
+/// (`edit_rowtype`, `rowset_mut`, `set_row_counts`, `hand_out_chunks`, …), which keep both in
+/// agreement, and serialise it with [`Self::to_json_bytes`].
 #[derive(Clone)]
 pub struct QueryResponse {
     /// `success`.
@@ -461,10 +476,103 @@ impl QueryResponse {
         &self.json
     }
 
-    /// The parsed body, for rewriting (masking, chunk URLs). The typed fields are not updated:
-    /// re-parse after changing what they describe.
-    pub fn json_mut(&mut self) -> &mut Value {
-        &mut self.json
+    /// `data.rowtype` as received (for maskers that read column types).
+    pub fn rowtype_json(&self) -> &[Value] {
+        self.json
+            .pointer("/data/rowtype")
+            .and_then(Value::as_array)
+            .map_or(&[], Vec::as_slice)
+    }
+
+    fn data_mut(&mut self) -> Option<&mut serde_json::Map<String, Value>> {
+        self.json.get_mut("data").and_then(Value::as_object_mut)
+    }
+
+    /// Edits `data.rowtype` (a masked column becomes text) and re-reads [`Self::rowtype`] from
+    /// it, so that the typed view and the body never disagree. On error nothing changed.
+    pub fn edit_rowtype(&mut self, edit: impl FnOnce(&mut [Value])) -> Result<(), WireError> {
+        let mut cols = self.rowtype_json().to_vec();
+        edit(&mut cols);
+        let typed = parse_rowtype("query response", &cols)?;
+        if let Some(data) = self.data_mut() {
+            data.insert("rowtype".to_owned(), Value::Array(cols));
+        }
+        self.rowtype = typed;
+        Ok(())
+    }
+
+    /// `data.rowset`, for masking and truncating the inline JSON rows in place (no typed field
+    /// describes the rows themselves).
+    pub fn rowset_mut(&mut self) -> Option<&mut Value> {
+        self.data_mut()?.get_mut("rowset")
+    }
+
+    /// Replaces `data.rowsetBase64` (the re-encoded inline Arrow stream).
+    pub fn set_rowset_base64(&mut self, b64: String) {
+        if let Some(data) = self.data_mut() {
+            data.insert("rowsetBase64".to_owned(), Value::String(b64));
+        }
+    }
+
+    /// Sets `data.total` and `data.returned` (after a row cap), in the body and the typed view.
+    pub fn set_row_counts(&mut self, total: u64, returned: u64) {
+        let (t, r) = (
+            i64::try_from(total).unwrap_or(i64::MAX),
+            i64::try_from(returned).unwrap_or(i64::MAX),
+        );
+        if let Some(data) = self.data_mut() {
+            data.insert("total".to_owned(), Value::from(t));
+            data.insert("returned".to_owned(), Value::from(r));
+        }
+        self.total = Some(t);
+        self.returned = Some(r);
+    }
+
+    /// Replaces `data.chunks` by `kept` — each the index of a received chunk, the URL it is now
+    /// fetched from and, when a cap cut it, its new row count — and drops the storage keys
+    /// (`qrmk`, `chunkHeaders`): after this the body holds no storage credential. The typed
+    /// view follows.
+    pub fn hand_out_chunks(&mut self, kept: &[HandedOutChunk]) -> Result<(), WireError> {
+        let count = self.chunks.len();
+        let received: Vec<Value> = self
+            .json
+            .pointer("/data/chunks")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let mut entries = Vec::with_capacity(kept.len());
+        let mut typed = Vec::with_capacity(kept.len());
+        for k in kept {
+            let no_such = || WireError::NoSuchChunk {
+                what: "query response",
+                index: k.index,
+                count,
+            };
+            if k.index >= count {
+                return Err(no_such());
+            }
+            let mut entry = received.get(k.index).cloned().ok_or_else(no_such)?;
+            let obj = entry.as_object_mut().ok_or_else(no_such)?;
+            obj.insert("url".to_owned(), Value::String(k.url.clone()));
+            let mut chunk = self.chunks[k.index].clone();
+            chunk.url = Secret::new(k.url.clone());
+            if let Some(rows) = k.row_count {
+                let rows = i64::try_from(rows).unwrap_or(i64::MAX);
+                obj.insert("rowCount".to_owned(), Value::from(rows));
+                chunk.row_count = Some(rows);
+            }
+            entries.push(entry);
+            typed.push(chunk);
+        }
+        if let Some(data) = self.data_mut() {
+            data.insert("chunks".to_owned(), Value::Array(entries));
+            data.remove("qrmk");
+            data.remove("chunkHeaders");
+        }
+        self.chunks = typed;
+        self.qrmk = None;
+        self.chunk_headers.clear();
+        Ok(())
     }
 
     /// Re-serialises the body.

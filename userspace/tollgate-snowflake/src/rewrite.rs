@@ -1,9 +1,11 @@
-//! Rewriting query results before the agent sees them: masking (per result column, from the
-//! policy's mask plan and the statement's column lineage), row caps across inline and chunked
-//! rows, and chunk URLs replaced by Tollgate-served tickets.
+//! Phase 9 — rewrite: query results checked and rewritten before the agent sees them: masking
+//! (per result column, from the policy's mask plan and the statement's column lineage), row and
+//! byte caps across inline and chunked rows, and chunk URLs replaced by Tollgate-served tickets.
+//! [`process_result`] is the whole phase for one response (it runs on the blocking pool).
 //!
-//! The pure parts ([`plan_caps`], [`column_rules`]) are separate from the glue that edits the
-//! response JSON ([`rewrite`]).
+//! The pure parts ([`plan_caps`], [`rows_within_bytes`], [`column_rules`]) are separate from the
+//! edit of the parsed response ([`rewrite`]), which goes through the wire model's edit methods so
+//! that its typed view and its body never disagree.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,60 +13,19 @@ use std::time::Instant;
 use base64::Engine as _;
 use serde_json::Value;
 use tollgate_mask::rowset::{ColumnCounts, ColumnRule, DetectRule, ResultMasker};
-use tollgate_mask::{Detector, DetectorSet, MaskKey, Method};
-use tollgate_policy::{ColumnAction, MaskMethod, MaskPlan, Policy, ResultColumnMeta};
-use tollgate_wire::snowflake::{QueryResponse, ResultFormat, Secret};
-use tracing::warn;
+use tollgate_mask::{Detector, Method};
+use tollgate_policy::{ColumnAction, MaskMethod, MaskPlan, ResultColumnMeta};
+use tollgate_wire::snowflake::{decode_body, HandedOutChunk, QueryResponse, ResultFormat, Secret};
+use tracing::{info, warn};
 
-use super::chunks::{ChunkFilter, ChunkFilterFactory, ChunkStore, ChunkTicket, CHUNK_PATH_PREFIX};
-use super::session::Session;
-
-/// What the decision asks of a statement's result.
-#[derive(Debug, Clone)]
-pub struct ResultPlan {
-    /// The deciding rule.
-    pub rule_id: String,
-    /// Masking, for `mask` decisions.
-    pub mask: Option<MaskPlan>,
-    /// Row cap.
-    pub max_rows: Option<u64>,
-    /// Byte cap, over the result's uncompressed size.
-    pub max_bytes: Option<u64>,
-    /// Result rows the audit record keeps (as the agent receives them; 0: none).
-    pub record_rows: u64,
-    /// The policy that decided (resolution of result columns uses its classifications).
-    pub policy: Arc<Policy>,
-}
-
-/// Keys and detectors for masking.
-#[derive(Clone)]
-pub struct Masking {
-    /// Tokenisation key; without one, `token` directives redact (fail closed).
-    pub key: Option<MaskKey>,
-    /// Detectors for free-text fallback.
-    pub detectors: Arc<DetectorSet>,
-}
-
-impl std::fmt::Debug for Masking {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Masking")
-            .field("key", &self.key.as_ref().map(|_| "<set>"))
-            .finish_non_exhaustive()
-    }
-}
-
-/// Per masked column: what was done and how often (for logs and audit).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct MaskedColumn {
-    /// Result column name.
-    pub column: String,
-    /// Rule that asked for it.
-    pub rule_id: String,
-    /// `redact`, `partial`, `token`, `null`, `generalize` or `detect`.
-    pub method: String,
-    /// Values masked in the inline part (chunks report their own counts).
-    pub values: u64,
-}
+use crate::chunks::{
+    ChunkFilter, ChunkFilterFactory, ChunkStore, ChunkTicket, FilterError, CHUNK_PATH_PREFIX,
+};
+use crate::context::{ChunkSummary, ResultOutcome, ResultStatus, StatementCtx};
+use crate::observe;
+use crate::plan::{counted, MaskedColumn, Masking, ResultPlan};
+use crate::reply::{Withheld, WithheldReason};
+use crate::session::Session;
 
 /// What a rewrite did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -83,18 +44,6 @@ pub struct RewriteReport {
     pub capped: bool,
     /// Which cap cut it: `max_rows` or `max_bytes` (the smaller row count; rows on a tie).
     pub capped_by: Option<&'static str>,
-}
-
-impl ResultPlan {
-    /// Whether the plan caps the result (rows or bytes).
-    pub fn caps(&self) -> bool {
-        self.max_rows.is_some() || self.max_bytes.is_some()
-    }
-
-    /// Whether the result must be rewritten whatever it holds (masked or capped).
-    pub fn rewrites(&self) -> bool {
-        self.mask.is_some() || self.caps()
-    }
 }
 
 /// The size of a result's inline rows, for byte caps.
@@ -382,21 +331,15 @@ impl ChunkFilterFactory for MaskerFactory {
     }
 }
 
-fn summary(counts: &ColumnCounts) -> String {
-    serde_json::to_string(counts).unwrap_or_default()
-}
-
 /// Both streaming maskers are chunk filters (same methods, no common trait in the mask crate).
 macro_rules! chunk_filter {
     ($masker:ty) => {
         impl ChunkFilter for $masker {
-            fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-                <$masker>::push(self, input, out).map_err(|e| e.to_string())
+            fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), FilterError> {
+                <$masker>::push(self, input, out).map_err(|e| FilterError(e.to_string()))
             }
-            fn finish(self: Box<Self>, out: &mut Vec<u8>) -> Result<String, String> {
-                <$masker>::finish(*self, out)
-                    .map(|c| summary(&c))
-                    .map_err(|e| e.to_string())
+            fn finish(self: Box<Self>, out: &mut Vec<u8>) -> Result<ColumnCounts, FilterError> {
+                <$masker>::finish(*self, out).map_err(|e| FilterError(e.to_string()))
             }
         }
     };
@@ -428,15 +371,11 @@ pub fn rewrite(
         Some(_) => return Err("the result format is not understood".into()),
     };
     let mut report = RewriteReport::default();
-    let rowtype: &[Value] = resp
-        .json()
-        .pointer("/data/rowtype")
-        .and_then(Value::as_array)
-        .map_or(&[], Vec::as_slice);
-    let (masker, mut masked_report) = match &plan.mask {
+    let rowtype: Vec<Value> = resp.rowtype_json().to_vec();
+    let (masker, masked_columns) = match &plan.mask {
         Some(mask) => {
             let (rules, rep) = column_rules(plan, mask, resp, ctx.masking);
-            let m = ResultMasker::new(rules, rowtype).map_err(|e| e.to_string())?;
+            let m = ResultMasker::new(rules, &rowtype).map_err(|e| e.to_string())?;
             (Some(Arc::new(m)), rep)
         }
         None => (None, Vec::new()),
@@ -459,11 +398,7 @@ pub fn rewrite(
         None => None,
         Some(max) => {
             let inline = if arrow {
-                let b64 = resp
-                    .json()
-                    .pointer("/data/rowsetBase64")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
+                let b64 = resp.rowset_base64().unwrap_or("");
                 let pad = b64.bytes().rev().take_while(|b| *b == b'=').count();
                 InlineSize::Total {
                     rows: inline_count,
@@ -501,59 +436,39 @@ pub fn rewrite(
         (None, true) => {
             let rules = (0..rowtype.len()).map(|_| ColumnRule::Keep).collect();
             Some(Arc::new(
-                ResultMasker::new(rules, rowtype).map_err(|e| e.to_string())?,
+                ResultMasker::new(rules, &rowtype).map_err(|e| e.to_string())?,
             ))
         }
         (None, false) => None,
     };
     let returned_all = resp.returned.is_some() && resp.returned == resp.total;
     let mut counts = ColumnCounts::default();
-    let qrmk = resp.qrmk.clone();
-    let chunk_headers: Vec<(String, Secret)> = resp
-        .chunk_headers
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let urls: Vec<Secret> = resp.chunks.iter().map(|c| c.url.clone()).collect();
-    let sizes: Vec<u64> = resp
-        .chunks
-        .iter()
-        .map(|c| c.uncompressed_size.unwrap_or(0).max(0) as u64)
-        .collect();
     let query_id = resp.query_id.clone().unwrap_or_default();
-    let data = resp
-        .json_mut()
-        .get_mut("data")
-        .and_then(Value::as_object_mut)
-        .ok_or("the result has no data object")?;
+    if resp.json().get("data").and_then(Value::as_object).is_none() {
+        return Err("the result has no data object".into());
+    }
 
     if let Some(m) = &masker {
-        if let Some(rowtype) = data.get_mut("rowtype").and_then(Value::as_array_mut) {
-            m.rewrite_rowtype(rowtype);
-        }
+        resp.edit_rowtype(|cols| m.rewrite_rowtype(cols))
+            .map_err(|e| e.to_string())?;
     }
     if arrow {
-        let b64 = data.get("rowsetBase64").and_then(Value::as_str);
+        let b64 = resp.rowset_base64().filter(|b| !b.is_empty());
         if let (Some(b64), Some(m)) = (b64, limiter.as_ref()) {
-            if !b64.is_empty() {
-                let ipc = base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .map_err(|e| format!("rowsetBase64 is not base64: {e}"))?;
-                let mut filter = m.arrow_chunk_masker();
-                if let Some(n) = caps.inline_keep.filter(|_| caps.capped) {
-                    filter = filter.with_row_limit(n);
-                }
-                let mut out = Vec::with_capacity(ipc.len());
-                filter.push(&ipc, &mut out).map_err(|e| e.to_string())?;
-                let c = filter.finish(&mut out).map_err(|e| e.to_string())?;
-                counts.merge(&c);
-                data.insert(
-                    "rowsetBase64".into(),
-                    Value::String(base64::engine::general_purpose::STANDARD.encode(out)),
-                );
+            let ipc = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| format!("rowsetBase64 is not base64: {e}"))?;
+            let mut filter = m.arrow_chunk_masker();
+            if let Some(n) = caps.inline_keep.filter(|_| caps.capped) {
+                filter = filter.with_row_limit(n);
             }
+            let mut out = Vec::with_capacity(ipc.len());
+            filter.push(&ipc, &mut out).map_err(|e| e.to_string())?;
+            let c = filter.finish(&mut out).map_err(|e| e.to_string())?;
+            counts.merge(&c);
+            resp.set_rowset_base64(base64::engine::general_purpose::STANDARD.encode(out));
         }
-    } else if let Some(rowset) = data.get_mut("rowset") {
+    } else if let Some(rowset) = resp.rowset_mut() {
         if let (Some(keep), Some(rows)) = (caps.inline_keep, rowset.as_array_mut()) {
             rows.truncate(keep as usize);
         }
@@ -563,7 +478,6 @@ pub fn rewrite(
         }
     }
     if caps.capped {
-        data.insert("total".into(), Value::from(caps.total));
         // `returned` counts the whole result where the server counted it so (Node waits for
         // that many rows), otherwise the inline rows.
         let returned = if returned_all {
@@ -571,16 +485,20 @@ pub fn rewrite(
         } else {
             caps.inline_keep.unwrap_or(caps.total)
         };
-        data.insert("returned".into(), Value::from(returned));
+        resp.set_row_counts(caps.total, returned);
         report.capped = true;
         report.capped_by = Some(cut_by);
     }
     report.rows = Some(caps.total);
 
     // Chunks: every URL replaced by a ticket; the storage keys stay with Tollgate.
-    if !urls.is_empty() {
-        let mut headers = chunk_headers;
-        if let Some(qrmk) = qrmk {
+    if !resp.chunks.is_empty() {
+        let mut headers: Vec<(String, Secret)> = resp
+            .chunk_headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(qrmk) = resp.qrmk.clone() {
             headers.push((
                 "x-amz-server-side-encryption-customer-algorithm".into(),
                 Secret::new("AES256".to_owned()),
@@ -590,26 +508,15 @@ pub fn rewrite(
         let Some(session) = ctx.session else {
             return Err("chunked results need a known Snowflake session".into());
         };
-        let entries = data
-            .get_mut("chunks")
-            .and_then(Value::as_array_mut)
-            .ok_or("data.chunks is not an array")?;
-        let masked_cols: Arc<Vec<Option<(String, String, String)>>> = Arc::new(
-            masked_report
-                .iter()
-                .map(|c| {
-                    c.as_ref()
-                        .map(|c| (c.column.clone(), c.rule_id.clone(), c.method.clone()))
-                })
-                .collect(),
-        );
+        let masked_cols = Arc::new(masked_columns.clone());
         let mut kept = Vec::new();
-        for (i, (entry, url)) in entries.drain(..).zip(urls).enumerate() {
+        for (i, chunk) in resp.chunks.iter().enumerate() {
             let Some(keep) = caps.chunk_keep.get(i).copied().flatten() else {
                 report.chunks_dropped += 1;
                 continue;
             };
-            report.chunk_bytes += sizes.get(i).copied().unwrap_or(0);
+            let size = chunk.uncompressed_size.unwrap_or(0).max(0) as u64;
+            report.chunk_bytes += size;
             let full = chunk_rows[i].map(|r| r.max(0) as u64) == Some(keep);
             let limit = (caps.capped && !full).then_some(keep);
             let filter: Option<Arc<dyn ChunkFilterFactory>> = match (&masker, limit) {
@@ -629,45 +536,29 @@ pub fn rewrite(
                 .chunks
                 .issue(ChunkTicket {
                     session: session.clone(),
-                    url,
+                    url: chunk.url.clone(),
                     headers: headers.clone(),
                     filter,
                     query_id: query_id.clone(),
                     index: i,
                     rows: keep,
-                    bytes: sizes.get(i).copied().unwrap_or(0),
+                    bytes: size,
                     masked: masked_cols.clone(),
                     expires: Instant::now() + ctx.ticket_lifetime,
                 })
                 .map_err(|e| e.to_string())?;
-            let mut entry = entry;
-            if let Some(obj) = entry.as_object_mut() {
-                obj.insert(
-                    "url".into(),
-                    Value::String(format!(
-                        "https://{}{CHUNK_PATH_PREFIX}{name}",
-                        ctx.authority
-                    )),
-                );
-                if limit.is_some() {
-                    obj.insert("rowCount".into(), Value::from(keep));
-                    // Sizes no longer describe what Tollgate serves; drivers use them only as
-                    // hints.
-                }
-            }
-            kept.push(entry);
+            // Sizes no longer describe what Tollgate serves once a cap cut the chunk; drivers
+            // use them only as hints.
+            kept.push(HandedOutChunk {
+                index: i,
+                url: format!("https://{}{CHUNK_PATH_PREFIX}{name}", ctx.authority),
+                row_count: limit,
+            });
         }
         report.chunks = kept.len();
-        *entries = kept;
-        data.remove("qrmk");
-        data.remove("chunkHeaders");
+        resp.hand_out_chunks(&kept).map_err(|e| e.to_string())?;
     }
-    for (i, col) in masked_report.iter_mut().enumerate() {
-        if let Some(col) = col {
-            col.values = counts.columns().get(i).map_or(0, |c| c.masked);
-        }
-    }
-    report.masked = masked_report.into_iter().flatten().collect();
+    report.masked = counted(&masked_columns, &counts);
     if report.masked.is_empty() && plan.mask.is_some() {
         // Nothing to mask in this result's columns: fine, but worth knowing.
         warn!(query = %query_id, rule = %plan.rule_id, "mask decision, but no result column needed masking");
@@ -724,6 +615,184 @@ pub fn recorded_rows(resp: &QueryResponse, limit: u64) -> Result<String, String>
         return Ok(String::new());
     }
     serde_json::to_string(&rows).map_err(|e| e.to_string())
+}
+
+/// A statement's response, to be checked, rewritten and recorded off the async runtime.
+pub struct ResultJob {
+    /// The body as received.
+    pub raw: bytes::Bytes,
+    /// Its `Content-Encoding`.
+    pub encoding: Option<String>,
+    /// Caps on decoding it.
+    pub limits: tollgate_wire::snowflake::BodyLimits,
+    /// The statement it answers.
+    pub statement: StatementCtx,
+    /// Keys and detectors.
+    pub masking: Masking,
+    /// Where chunk tickets go.
+    pub chunks: Arc<ChunkStore>,
+    /// Chunk ticket lifetime; `None` when no storage client serves chunks.
+    pub ticket_lifetime: Option<std::time::Duration>,
+}
+
+/// What the agent gets in place of the upstream's body.
+#[derive(Debug)]
+pub enum ResultBody {
+    /// The body as received.
+    Unchanged,
+    /// The rewritten body (JSON, not compressed).
+    Rewritten(Vec<u8>),
+    /// An error in place of a result Tollgate may not hand out.
+    Withheld(Withheld),
+}
+
+/// Reads a statement's response, keeps the session current (the observe phase), and rewrites
+/// the result per its plan: the body the agent gets and the outcome the audit records. CPU
+/// work: run it on the blocking pool.
+pub fn process_result(job: ResultJob) -> (ResultBody, ResultOutcome) {
+    let st = &job.statement;
+    let decoded = decode_body(job.encoding.as_deref(), &job.raw, &job.limits);
+    let decoded_len = decoded.as_ref().map_or(job.raw.len(), |d| d.bytes.len());
+    let parsed = decoded
+        .map_err(|e| e.to_string())
+        .and_then(|d| QueryResponse::parse(&d.bytes).map_err(|e| e.to_string()));
+    let mut resp = match parsed {
+        Ok(r) => r,
+        Err(e) => {
+            let masks = st.plan.as_ref().is_some_and(|p| p.mask.is_some());
+            let mut out = ResultOutcome::new(if masks {
+                ResultStatus::Withheld
+            } else {
+                ResultStatus::ForwardedUnparsed
+            });
+            out.reason = format!("the response could not be read: {e}");
+            if masks {
+                let w = Withheld::new(
+                    WithheldReason::Unreadable,
+                    out.reason.clone(),
+                    format!("the result could not be read: {e}"),
+                    None,
+                );
+                return (ResultBody::Withheld(w), out);
+            }
+            out.bytes = job.raw.len() as u64;
+            return (ResultBody::Unchanged, out);
+        }
+    };
+    let mut out = ResultOutcome::new(if !resp.success {
+        ResultStatus::Failed
+    } else if resp.is_in_progress() {
+        ResultStatus::Running
+    } else {
+        ResultStatus::Ok
+    });
+    out.query_id.clone_from(&resp.query_id);
+    out.bytes = decoded_len as u64;
+    out.rows = resp.total.or(resp.returned).unwrap_or(0).max(0) as u64;
+    if !resp.success {
+        out.error_code = resp.code.clone().unwrap_or_default();
+        out.reason = resp
+            .sql_state
+            .clone()
+            .map(|s| format!("SQLSTATE {s}"))
+            .unwrap_or_default();
+    }
+    observe::statement(st.session.as_ref(), &st.uses, &resp);
+    let withhold = |out: &mut ResultOutcome, reason, recorded: &str, message: &str, qid| {
+        out.status = ResultStatus::Withheld;
+        out.reason = recorded.to_owned();
+        ResultBody::Withheld(Withheld::new(reason, recorded, message, qid))
+    };
+    let Some(plan) = &st.plan else {
+        if resp.success && (!resp.rowtype.is_empty() || !resp.chunks.is_empty()) {
+            let body = withhold(
+                &mut out,
+                WithheldReason::NoDecision,
+                "no decision known for this query id",
+                "Tollgate has no decision for this query (it was issued before a restart or by another session); run it again",
+                resp.query_id.clone(),
+            );
+            return (body, out);
+        }
+        return (ResultBody::Unchanged, out);
+    };
+    if let (Some(s), Some(q)) = (&st.session, &resp.query_id) {
+        s.remember_result_plan(q, plan.clone());
+    }
+    if !needs_rewrite(plan, &resp) {
+        if plan.record_rows > 0 && resp.success {
+            record_rows(&mut out, &resp, plan.record_rows);
+        }
+        return (ResultBody::Unchanged, out);
+    }
+    let Some(ticket_lifetime) = job
+        .ticket_lifetime
+        .or(resp.chunks.is_empty().then_some(std::time::Duration::ZERO))
+    else {
+        let body = withhold(
+            &mut out,
+            WithheldReason::NoStorage,
+            "chunked result and no storage client",
+            "the result is chunked and this Tollgate has no storage client to serve chunks",
+            resp.query_id.clone(),
+        );
+        return (body, out);
+    };
+    let ctx = RewriteContext {
+        plan,
+        masking: &job.masking,
+        chunks: &job.chunks,
+        session: st.session.as_ref(),
+        authority: &st.authority,
+        ticket_lifetime,
+    };
+    let query_id = resp.query_id.clone();
+    match rewrite(&mut resp, &ctx) {
+        Ok(report) => {
+            info!(
+                session = st.session.as_ref().map(|s| s.id.as_str()).unwrap_or("-"),
+                query = query_id.as_deref().unwrap_or("-"),
+                rule = %plan.rule_id,
+                masked_columns = report.masked.len(),
+                masked_values = report.masked.iter().map(|m| m.values).sum::<u64>(),
+                chunks = report.chunks,
+                chunks_dropped = report.chunks_dropped,
+                chunk_bytes = report.chunk_bytes,
+                rows = report.rows.unwrap_or(0),
+                capped = report.capped,
+                capped_by = report.capped_by.unwrap_or("-"),
+                "result rewritten"
+            );
+            out.rows = report.rows.unwrap_or(out.rows);
+            out.masked = report.masked;
+            if report.chunks > 0 || report.chunks_dropped > 0 {
+                out.chunks = Some(ChunkSummary {
+                    served: report.chunks,
+                    dropped: report.chunks_dropped,
+                    bytes: report.chunk_bytes,
+                });
+            }
+            out.capped_by = report.capped_by;
+            if plan.record_rows > 0 {
+                record_rows(&mut out, &resp, plan.record_rows);
+            }
+            (ResultBody::Rewritten(resp.to_json_bytes()), out)
+        }
+        Err(e) => {
+            warn!(query = query_id.as_deref().unwrap_or("-"), error = %e, "result withheld");
+            let body = withhold(&mut out, WithheldReason::RewriteFailed, &e, &e, query_id);
+            (body, out)
+        }
+    }
+}
+
+/// Keeps the agent's rows in the outcome (a failure to read them is noted, never fatal: the
+/// rows were already checked or rewritten).
+fn record_rows(out: &mut ResultOutcome, resp: &QueryResponse, limit: u64) {
+    match recorded_rows(resp, limit) {
+        Ok(rows) => out.result_rows = rows,
+        Err(e) => out.result_rows_error = Some(e),
+    }
 }
 
 #[cfg(test)]

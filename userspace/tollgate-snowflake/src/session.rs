@@ -6,14 +6,15 @@
 //! recognise a token a driver presents again and useless to anyone reading memory dumps or logs.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use tollgate_proxy::ProcessIdentity;
 
-use super::result::ResultPlan;
-use crate::identity::ProcessIdentity;
+use crate::plan::ResultPlan;
+use crate::sync::lock;
 
 /// Result plans remembered per session (for `GET /queries/<qid>/result`).
 const MAX_RESULT_PLANS: usize = 1024;
@@ -40,6 +41,27 @@ pub struct SnowflakeIdentity {
     pub client: Option<String>,
 }
 
+impl SnowflakeIdentity {
+    /// Who a login request says logs in.
+    pub fn from_login(login: &tollgate_wire::snowflake::LoginRequest) -> Self {
+        SnowflakeIdentity {
+            account: login.account.clone(),
+            user: login.login_name.clone(),
+            role: login.role.clone(),
+            warehouse: login.warehouse.clone(),
+            database: login.database.clone(),
+            schema: login.schema.clone(),
+            authenticator: Some(login.authenticator.as_wire().to_owned()),
+            client: login.client_app_id.clone().map(|app| {
+                format!(
+                    "{app} {}",
+                    login.client_app_version.clone().unwrap_or_default()
+                )
+            }),
+        }
+    }
+}
+
 /// One Snowflake session.
 #[derive(Debug)]
 pub struct Session {
@@ -50,23 +72,28 @@ pub struct Session {
     state: Mutex<SnowflakeIdentity>,
     created: Instant,
     results: Mutex<VecDeque<(String, Arc<ResultPlan>)>>,
+    /// How long a master token lives, as Snowflake said at login.
+    master_validity: Duration,
+    /// The latest expiry of any of its tokens, in milliseconds after `created`.
+    live_until_ms: AtomicU64,
+    ended: AtomicBool,
 }
 
 impl Session {
     /// A snapshot of the current Snowflake identity.
     pub fn identity(&self) -> SnowflakeIdentity {
-        self.state.lock().expect("session lock").clone()
+        lock(&self.state).clone()
     }
 
     /// Applies a change to the identity (a `USE`, a response's `final*Name`).
     pub fn update(&self, f: impl FnOnce(&mut SnowflakeIdentity)) {
-        f(&mut self.state.lock().expect("session lock"));
+        f(&mut lock(&self.state));
     }
 
     /// Remembers what the decision of query `query_id` asks of its result, for a later
     /// `GET /queries/<qid>/result` (polling, async queries). The oldest are forgotten first.
     pub fn remember_result_plan(&self, query_id: &str, plan: Arc<ResultPlan>) {
-        let mut results = self.results.lock().expect("session results lock");
+        let mut results = lock(&self.results);
         if let Some(slot) = results.iter_mut().find(|(q, _)| q == query_id) {
             slot.1 = plan;
             return;
@@ -79,7 +106,7 @@ impl Session {
 
     /// The plan remembered for `query_id`.
     pub fn result_plan(&self, query_id: &str) -> Option<Arc<ResultPlan>> {
-        let results = self.results.lock().expect("session results lock");
+        let results = lock(&self.results);
         results
             .iter()
             .rev()
@@ -91,7 +118,38 @@ impl Session {
     pub fn age(&self) -> Duration {
         self.created.elapsed()
     }
+
+    /// How long a master token of this session lives (Snowflake's figure at login).
+    pub fn master_validity(&self) -> Duration {
+        self.master_validity
+    }
+
+    /// Extends the session's life to `until` (a token registered for it).
+    fn live_until(&self, until: Instant) {
+        let ms = until.saturating_duration_since(self.created).as_millis();
+        self.live_until_ms
+            .fetch_max(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Whether some token of the session is unexpired and it has not logged out: O(1).
+    fn is_live_at(&self, now: Instant) -> bool {
+        if self.ended.load(Ordering::Relaxed) {
+            return false;
+        }
+        let until =
+            self.created + Duration::from_millis(self.live_until_ms.load(Ordering::Relaxed));
+        now < until
+    }
 }
+
+/// A master token's validity when the login answer does not say (Snowflake's default).
+pub const DEFAULT_MASTER_VALIDITY: Duration = Duration::from_secs(4 * 3600);
+/// A session token's validity when the answer does not say (Snowflake's default).
+pub const DEFAULT_SESSION_VALIDITY: Duration = Duration::from_secs(3600);
+
+/// Drivers renew before expiry and Snowflake answers 390112 after it; a token is kept this much
+/// longer so a late renewal still finds its session.
+const TOKEN_GRACE: Duration = Duration::from_secs(600);
 
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -141,12 +199,14 @@ fn epoch() -> &'static str {
 }
 
 impl SessionTable {
-    /// Creates a session after a successful login and registers its tokens.
+    /// Creates a session after a successful login and registers its tokens; `master_validity`
+    /// is how long Snowflake said its master tokens live.
     pub fn create(
         &self,
         identity: SnowflakeIdentity,
         process: Option<Arc<ProcessIdentity>>,
         tokens: &[(&str, Duration)],
+        master_validity: Duration,
     ) -> Arc<Session> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let session = Arc::new(Session {
@@ -155,6 +215,9 @@ impl SessionTable {
             state: Mutex::new(identity),
             created: Instant::now(),
             results: Mutex::new(VecDeque::new()),
+            master_validity,
+            live_until_ms: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
         });
         for (token, validity) in tokens {
             self.register(token, &session, *validity);
@@ -168,7 +231,9 @@ impl SessionTable {
             return;
         }
         let now = Instant::now();
-        let mut map = self.by_token.lock().expect("session table lock");
+        let expires = now + validity + TOKEN_GRACE;
+        session.live_until(expires);
+        let mut map = lock(&self.by_token);
         if map.len() >= MAX_TOKENS {
             map.retain(|_, e| e.expires > now);
         }
@@ -176,38 +241,35 @@ impl SessionTable {
             digest(token),
             Entry {
                 session: session.clone(),
-                // Drivers renew before expiry and Snowflake answers 390112 after it; keep a
-                // margin so a late renewal still finds its session.
-                expires: now + validity + Duration::from_secs(600),
+                expires,
             },
         );
     }
 
     /// The session a token belongs to.
     pub fn get(&self, token: &str) -> Option<Arc<Session>> {
-        let map = self.by_token.lock().expect("session table lock");
+        let map = lock(&self.by_token);
         map.get(&digest(token))
             .filter(|e| e.expires > Instant::now())
             .map(|e| e.session.clone())
     }
 
     /// Whether some unexpired token still maps to `session` (not logged out, not expired).
+    /// O(1): asked on every chunk request.
     pub fn is_live(&self, session: &Arc<Session>) -> bool {
-        let now = Instant::now();
-        let map = self.by_token.lock().expect("session table lock");
-        map.values()
-            .any(|e| e.expires > now && Arc::ptr_eq(&e.session, session))
+        session.is_live_at(Instant::now())
     }
 
     /// Forgets every token of `session` (logout).
     pub fn remove(&self, session: &Arc<Session>) {
-        let mut map = self.by_token.lock().expect("session table lock");
+        session.ended.store(true, Ordering::Relaxed);
+        let mut map = lock(&self.by_token);
         map.retain(|_, e| !Arc::ptr_eq(&e.session, session));
     }
 
     /// Number of live sessions.
     pub fn len(&self) -> usize {
-        let map = self.by_token.lock().expect("session table lock");
+        let map = lock(&self.by_token);
         let mut ids: Vec<&str> = map.values().map(|e| e.session.id.as_str()).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -237,7 +299,9 @@ mod tests {
                 ("session-token", Duration::from_secs(60)),
                 ("master-token", Duration::from_secs(600)),
             ],
+            DEFAULT_MASTER_VALIDITY,
         );
+        assert!(t.is_live(&s));
         assert!(Arc::ptr_eq(&t.get("session-token").unwrap(), &s));
         assert!(Arc::ptr_eq(&t.get("master-token").unwrap(), &s));
         t.register("renewed", &s, Duration::from_secs(60));
@@ -247,6 +311,7 @@ mod tests {
         t.remove(&s);
         assert!(t.get("session-token").is_none() && t.get("renewed").is_none());
         assert!(t.is_empty());
+        assert!(!t.is_live(&s), "a logged-out session is not live");
     }
 
     #[test]
@@ -256,10 +321,30 @@ mod tests {
             SnowflakeIdentity::default(),
             None,
             &[("a", Duration::from_secs(5))],
+            DEFAULT_MASTER_VALIDITY,
         );
         t.get("a")
             .unwrap()
             .update(|i| i.database = Some("CLINICAL".into()));
         assert_eq!(s.identity().database.as_deref(), Some("CLINICAL"));
+    }
+
+    #[test]
+    fn liveness_follows_the_latest_token_expiry() {
+        let t = SessionTable::default();
+        let s = t.create(
+            SnowflakeIdentity::default(),
+            None,
+            &[],
+            DEFAULT_MASTER_VALIDITY,
+        );
+        assert!(!t.is_live(&s), "no token: not live");
+        t.register("a", &s, Duration::ZERO);
+        let now = Instant::now();
+        assert!(s.is_live_at(now));
+        assert!(s.is_live_at(now + TOKEN_GRACE - Duration::from_secs(1)));
+        assert!(!s.is_live_at(now + TOKEN_GRACE + Duration::from_secs(1)));
+        t.register("b", &s, Duration::from_secs(3600));
+        assert!(s.is_live_at(now + TOKEN_GRACE + Duration::from_secs(1)));
     }
 }

@@ -22,7 +22,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tollgate_wire::snowflake::StatementRequest;
 
-use super::SnowflakeIdentity;
+use crate::session::SnowflakeIdentity;
+use crate::sync::lock;
 
 /// How a SQL API request says who it is (`X-Snowflake-Authorization-Token-Type`).
 pub const TOKEN_TYPE_HEADER: &str = "x-snowflake-authorization-token-type";
@@ -166,7 +167,7 @@ const MAX_HANDLES: usize = 65_536;
 impl AllowedHandles {
     /// Remembers `handle` as allowed for `bearer`.
     pub fn allow(&self, handle: String, bearer: [u8; 32]) {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock(&self.inner);
         let (map, order) = &mut *guard;
         while order.len() >= MAX_HANDLES {
             if let Some(old) = order.pop_front() {
@@ -183,7 +184,7 @@ impl AllowedHandles {
 
     /// Whether `handle` was allowed for `bearer` and is still within its lifetime.
     pub fn is_allowed(&self, handle: &str, bearer: &[u8; 32]) -> bool {
-        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = lock(&self.inner);
         guard
             .0
             .get(handle)
