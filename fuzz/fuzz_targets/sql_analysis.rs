@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use tollgate_policy::{
     analyze, fingerprint, redact_literals, Action, EvalInput, Identity, NameContext, Policy,
+    SnowflakeIdentity,
 };
 
 fn policy() -> &'static Policy {
@@ -26,8 +27,11 @@ fuzz_target!(|data: &[u8]| {
     let analysis = analyze(sql, &ctx);
     assert_eq!(analysis, analyze(sql, &ctx), "analysis is deterministic");
     let identity = Identity {
-        role: Some("AGENT_FUZZ".into()),
-        user: Some("FUZZ".into()),
+        snowflake: SnowflakeIdentity {
+            role: Some("AGENT_FUZZ".into()),
+            user: Some("FUZZ".into()),
+            ..SnowflakeIdentity::default()
+        },
         ..Identity::default()
     };
     let input = EvalInput {

@@ -11,6 +11,8 @@ SQL runs in fakesnow's ASGI handlers in-process; this wrapper adds, as Snowflake
   as epoch days, timestamps as "seconds.nanos[ tz]") for the Node driver (CLIENT_APP_ID
   "JavaScript") or when a session/query parameter `*QUERY_RESULT_FORMAT` asks for JSON; Arrow
   (`rowsetBase64`) otherwise; `total` and `returned` always;
+- a stalled statement: `/*standin:stall=N*/` holds the statement's POST N seconds before it is
+  answered (a statement still running when its connection dies);
 - in-progress answers: `/*standin:slow=N*/` in the SQL text → `333333` with `getResultUrl`
   `/queries/<qid>/result`, which answers 333333 (each GET held up to 0.5 s) until N seconds have
   passed, then the result; `asyncExec: true` → `333334` likewise (and `/monitoring/queries/<qid>`
@@ -97,6 +99,9 @@ ARGS: argparse.Namespace
 LOG_LOCK = threading.Lock()
 
 SLOW_RE = re.compile(r"/\*\s*standin:slow=(\d+(?:\.\d+)?)\s*\*/")
+# Holds the statement's POST itself this many seconds before answering (a statement still
+# running in Snowflake when its connection dies).
+STALL_RE = re.compile(r"/\*\s*standin:stall=(\d+(?:\.\d+)?)\s*\*/")
 CHUNK_RE = re.compile(r"/\*\s*standin:chunk_rows=(\d+)\s*\*/")
 EXPIRE_MARK = "/*standin:expire*/"
 CHUNK_HEADERS_MARK = "/*standin:chunk_headers*/"
@@ -376,6 +381,10 @@ async def query(request: Request, body: Any, extra: dict[str, Any]) -> Response:
         EXPIRED_REQUEST_IDS.add(rid)
     if s.expired:
         return expired_response()
+    stall = STALL_RE.search(sql)
+    if stall:
+        extra["stalled_s"] = float(stall.group(1))
+        await asyncio.sleep(float(stall.group(1)))
     async with s.lock:
         resp = await fs_server.query_request(request)
     out = json.loads(resp.body)

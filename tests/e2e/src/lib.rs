@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 pub mod clickhouse;
+pub mod faultfs;
 pub mod snowflake;
 pub mod tap;
 

@@ -811,3 +811,260 @@ fn an_event_clickhouse_refuses_is_set_aside_and_shipping_goes_on() -> Result<()>
     assert!(ok, "{report}");
     Ok(())
 }
+
+/// Tollgate SIGKILLed while a forwarded statement runs in Snowflake: at restart, recovery marks
+/// that statement `lost` in its chain (it may have run; its outcome is unknown), before it
+/// closes the chain, and leaves the statements whose result was recorded alone.
+#[test]
+fn a_statement_in_flight_when_tollgate_is_killed_is_marked_lost_at_restart() -> Result<()> {
+    let mut w = world("audit-inflight", vec![])?;
+    let mut env = w.env();
+    env.timeout = Duration::from_secs(120);
+    let agents = w.agents.path.clone();
+    let agent = std::thread::spawn(move || {
+        run_python(
+            &agents,
+            env,
+            &[
+                Statement::sql(PATIENTS),
+                Statement::sql(&format!("{PATIENTS} /*standin:stall=600*/")),
+            ],
+        )
+    });
+    // The event we mean: the second statement's decision is in the spool (it is forwarded).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (chain, first, stalled) = loop {
+        let events = spool_events(&w.spool())?;
+        let decisions: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["kind"] == "decision" && e["session_id"].as_str() != Some(""))
+            .collect();
+        if decisions.len() >= 2 {
+            let key = |e: &Value| {
+                e["attrs"]["statement"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            break (
+                decisions[1]["session_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                key(decisions[0]),
+                key(decisions[1]),
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the stalled statement was never decided; log:\n{}",
+                tail(&w.tollgate.log())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!first.is_empty() && !stalled.is_empty() && first != stalled);
+    w.tollgate.kill();
+    // The agent is not needed any more: its retries would only meet the stall again.
+    for pid in w.agents.pids() {
+        // SAFETY: kill(2) on a pid of the test's own agent cgroup.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    let _ = agent.join();
+    w.tollgate.restart()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let chain_events = loop {
+        let events: Vec<Value> = spool_events(&w.spool())?
+            .into_iter()
+            .filter(|e| e["session_id"] == chain.as_str())
+            .collect();
+        if events.iter().any(|e| e["kind"] == "session_end") {
+            break events;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "recovery never closed the chain; log:\n{}",
+                tail(&w.tollgate.log())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let results: Vec<(&str, &str)> = chain_events
+        .iter()
+        .filter(|e| e["kind"] == "result")
+        .map(|e| {
+            (
+                e["attrs"]["statement"].as_str().unwrap_or_default(),
+                e["decision"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert_eq!(results[0].0, first);
+    assert_ne!(
+        results[0].1, "lost",
+        "the first statement's result was recorded"
+    );
+    assert_eq!(results[1], (stalled.as_str(), "lost"));
+    let tail_kinds: Vec<&str> = chain_events[chain_events.len() - 2..]
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(tail_kinds, ["result", "session_end"]);
+    let (ok, report) = w.verify(false, Some(&chain))?;
+    assert!(ok, "{report}");
+    Ok(())
+}
+
+impl World {
+    /// `tollgate audit verify` of a spool Tollgate keeps outside its state dir (`--spool DIR`),
+    /// with the state dir's key; (success, report with stderr appended).
+    fn verify_spool_at(&self, spool: &Path) -> Result<(bool, String)> {
+        let state = self.tollgate.state_dir.display().to_string();
+        let spool = spool.display().to_string();
+        let (ok, report, err) = self.cli(&[
+            "audit",
+            "verify",
+            "--state-dir",
+            state.as_str(),
+            "--spool",
+            spool.as_str(),
+        ])?;
+        Ok((ok, format!("{report}{err}")))
+    }
+}
+
+/// Stops Tollgate as an operator does (SIGTERM) and waits until it has exited.
+fn stop_gracefully(tollgate: &mut Tollgate) -> Result<()> {
+    if let Some(mut s) = tollgate.service.take() {
+        s.signal(libc::SIGTERM);
+        match s.wait_exit(Duration::from_secs(30))? {
+            Some(status) => eprintln!("tollgate stopped: {status}"),
+            None => bail!(
+                "tollgate did not stop within 30 s of SIGTERM; log:\n{}",
+                tail(&tollgate.log())
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// The SQL texts the stand-in received after its first `from` requests.
+fn sql_received_since(standin: &Standin, from: usize) -> Vec<String> {
+    standin
+        .requests()
+        .get(from..)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r["sqlText"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A spool on a real file system whose `fdatasync` fails (`tollgate-faultfs`, a FUSE
+/// passthrough: this kernel has no dm-flakey and no fault injection). The statement in flight
+/// when syncs start failing gets an error instead of its rows; every later statement is refused
+/// too, even once syncs succeed again (the failed sync may have lost what it covered, and a
+/// later one proves nothing about it), and none reaches Snowflake. Restarted on the same spool,
+/// Tollgate reads what the disk holds, statements work again and the spool verifies.
+#[test]
+fn a_failed_fsync_refuses_every_statement_until_tollgate_restarts() -> Result<()> {
+    use tollgate_e2e::faultfs::FaultFs;
+    // Declared before the world, so dropped after it: Tollgate has stopped by then.
+    let fs_scratch = Scratch::new("audit-fsync-fs")?;
+    let faultfs = FaultFs::mount(&fs_scratch)?;
+    let spool = faultfs.path().join("spool");
+    let mut w = world(
+        "audit-fsync",
+        vec!["--spool".into(), spool.display().to_string()],
+    )?;
+    let refused_unaudited = |out: &Value| {
+        assert_eq!(out["ok"], false, "{out}");
+        let message = out["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("cannot be audited") && message.contains("fdatasync failed"),
+            "{message}"
+        );
+    };
+
+    // Syncs work: statements are answered and audited on the fault file system.
+    let out = run_python(&w.agents.path, w.env(), &[Statement::sql(PATIENTS)])?;
+    assert_eq!(out[0]["ok"], true, "{}", out[0]);
+    assert!(spool_events(&spool)?
+        .iter()
+        .any(|e| e["kind"] == "result" && e["query_id"] == out[0]["query_id"]));
+
+    // A statement held 5 s by the stand-in; once its decision is in the spool (it is on its way
+    // to Snowflake), syncs start failing: its result cannot be made durable, so the agent gets
+    // an error instead of the rows.
+    let decisions = |spool: &Path| -> Result<usize> {
+        Ok(spool_events(spool)?
+            .iter()
+            .filter(|e| e["kind"] == "decision")
+            .count())
+    };
+    let decided = decisions(&spool)?;
+    let mut env = w.env();
+    env.timeout = Duration::from_secs(120);
+    let agents = w.agents.path.clone();
+    let agent = std::thread::spawn(move || {
+        run_python(
+            &agents,
+            env,
+            &[Statement::sql(&format!("{PATIENTS} /*standin:stall=5*/"))],
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while decisions(&spool)? == decided {
+        if agent.is_finished() || Instant::now() > deadline {
+            bail!(
+                "the held statement was never decided: {:?}; log:\n{}",
+                agent
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("agent thread panicked"))?,
+                tail(&w.tollgate.log())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    faultfs.fail_fsync(true)?;
+    let out = agent.join().expect("agent thread")?;
+    eprintln!("the statement in flight when syncs failed: {out:?}");
+    refused_unaudited(&out[0]);
+    let forwarded = sql_received_since(&w.standin, 0)
+        .iter()
+        .any(|s| s.contains("standin:stall"));
+    eprintln!("it had reached Snowflake: {forwarded}");
+
+    // Syncs work again, the spool stays broken: refused, and nothing reaches Snowflake.
+    faultfs.fail_fsync(false)?;
+    let before = w.standin.requests().len();
+    let out = run_python(&w.agents.path, w.env(), &[Statement::sql(PATIENTS)])?;
+    eprintln!("with syncs working again: {out:?}");
+    refused_unaudited(&out[0]);
+    let reached = sql_received_since(&w.standin, before);
+    assert!(
+        reached.is_empty(),
+        "statements reached Snowflake unaudited: {reached:?}"
+    );
+
+    // Restarted on the same spool: audited access again.
+    stop_gracefully(&mut w.tollgate)?;
+    w.tollgate.restart()?;
+    let out = run_python(&w.agents.path, w.env(), &[Statement::sql(PATIENTS)])?;
+    assert_eq!(out[0]["ok"], true, "{}", out[0]);
+    let events = spool_events(&spool)?;
+    assert!(events
+        .iter()
+        .any(|e| e["kind"] == "result" && e["query_id"] == out[0]["query_id"]));
+    let trail: Vec<String> = events
+        .iter()
+        .map(|e| format!("{}:{}", e["kind"], e["decision"]).replace('"', ""))
+        .collect();
+    eprintln!("the spool after the restart: {trail:?}");
+    let (ok, report) = w.verify_spool_at(&spool)?;
+    eprintln!("{report}");
+    assert!(ok, "{report}");
+    Ok(())
+}

@@ -411,10 +411,24 @@ fn storage_hosts_are_unreachable_for_agents() -> Result<()> {
         control[0]["status"]
     );
     let lines = run_attack(&w.agents.path, &w.via(), "fetch", &args)?;
+    // The gate closes the connection on its ClientHello: the TLS handshake never completes,
+    // so no HTTP status and no byte of an answer, only the handshake cut off.
+    let fetched = &lines[0];
     assert!(
-        lines[0]["status"].as_str().unwrap_or_default().is_empty() || lines[0]["error"].is_string(),
-        "{}",
-        lines[0]
+        fetched.get("status").is_none() && fetched.get("bytes").is_none(),
+        "{fetched}"
+    );
+    assert_eq!(
+        fetched["url_host"],
+        w.standin.opts.storage_host.as_str(),
+        "{fetched}"
+    );
+    assert_eq!(fetched["received"], "", "{fetched}");
+    assert!(
+        fetched["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("SSLEOFError: [SSL: UNEXPECTED_EOF_WHILE_READING]")),
+        "{fetched}"
     );
     assert_no_phi(&lines, "storage", &w);
     let record = w.tollgate().wait_record(Duration::from_secs(10), |r| {
@@ -424,7 +438,17 @@ fn storage_hosts_are_unreachable_for_agents() -> Result<()> {
     assert!(
         record["close_reason"]
             .as_str()
-            .is_some_and(|r| r.contains("storage")),
+            .is_some_and(|r| r.starts_with("blocked_by_policy: a Snowflake storage host")),
+        "{record}"
+    );
+    // Nothing went either way: closed on the ClientHello, the storage host never contacted.
+    assert_eq!(
+        (
+            &record["bytes_up"],
+            &record["bytes_down"],
+            &record["requests"]
+        ),
+        (&Value::from(0), &Value::from(0), &Value::from(0)),
         "{record}"
     );
     Ok(())

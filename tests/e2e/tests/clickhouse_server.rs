@@ -14,7 +14,9 @@
 //! - after kill -9 and restart on the same data directory, rows and users are still there;
 //! - the sink's own statements (`tollgate_audit::clickhouse`: migrations, the reader) send
 //!   values as server-side query parameters, so values with quotes, backslashes, braces or
-//!   newlines are stored and matched unchanged.
+//!   newlines are stored and matched unchanged;
+//! - the analysts' `sessions` view lists session and connection chains, never a policy
+//!   reload's chain (`policy:<id>`), also after an upgrade from a schema whose view did.
 //!
 //! Needs the chdb venv from `cargo xtask setup` and `curl`; nothing here is skipped.
 
@@ -164,10 +166,10 @@ fn the_sinks_parameterised_statements_carry_awkward_values_unchanged() -> Result
         .build()?;
     let mut cfg = ClickHouseConfig::new(ch.http_url());
     // The migrations record their descriptions through parameters.
-    assert_eq!(rt.block_on(migrate(&cfg))?, vec![1, 2]);
+    assert_eq!(rt.block_on(migrate(&cfg))?, vec![1, 2, 4]);
     assert_eq!(
         ch.query("SELECT version, description FROM tollgate.schema_migrations ORDER BY version")?,
-        "1\tevents table\n2\tanalyst views\n"
+        "1\tevents table\n2\tanalyst views\n4\tsessions view: session chains only\n"
     );
     assert_eq!(
         rt.block_on(migrate(&cfg))?,
@@ -262,6 +264,105 @@ fn the_sinks_parameterised_statements_carry_awkward_values_unchanged() -> Result
         ch.query("SELECT count() FROM tollgate.events")?.trim(),
         (AWKWARD.len() + 1).to_string()
     );
+    Ok(())
+}
+
+/// The events of four chains as the sink stores them (JSONEachRow into `tollgate.events`): a
+/// closed Snowflake session, an open one, an intercepted connection, and a policy reload.
+const CHAINS: &[(&str, &str, &str)] = &[
+    // (session_id, kind, decision)
+    ("1f2e3d4c5b6a-0", "login", "ok"),
+    ("1f2e3d4c5b6a-0", "query", ""),
+    ("1f2e3d4c5b6a-0", "decision", "allow"),
+    ("1f2e3d4c5b6a-0", "result", "allow"),
+    ("1f2e3d4c5b6a-0", "session_end", ""),
+    ("1f2e3d4c5b6a-1", "login", "ok"),
+    ("1f2e3d4c5b6a-1", "query", ""),
+    ("1f2e3d4c5b6a-1", "decision", "deny"),
+    ("conn:7", "connection", "intercept"),
+    ("conn:7", "disconnect", ""),
+    (
+        "policy:0b6c2f7e-3d1a-4c55-9a0e-5f4d3c2b1a09",
+        "policy_reload",
+        "ok",
+    ),
+];
+
+/// `tollgate.sessions` as TSV: session, user, queries, denied, rows, closed.
+fn sessions(ch: &ClickHouse) -> Result<String> {
+    ch.query(
+        "SELECT session_id, sf_user, queries, denied, rows_returned, closed \
+         FROM tollgate.sessions ORDER BY session_id",
+    )
+}
+
+#[test]
+fn a_policy_reload_is_not_a_session_in_the_sessions_view() -> Result<()> {
+    use tollgate_audit::clickhouse::{migrate, ClickHouseConfig};
+    let (_scratch, ch) = start("ch-sessions")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let cfg = ClickHouseConfig::new(ch.http_url());
+    rt.block_on(migrate(&cfg))?;
+
+    let mut rows = String::from("INSERT INTO tollgate.events FORMAT JSONEachRow\n");
+    let mut seq = std::collections::HashMap::new();
+    for (i, (session, kind, decision)) in CHAINS.iter().enumerate() {
+        let n = seq.entry(*session).or_insert(0u64);
+        let login = *kind == "login";
+        rows.push_str(
+            &serde_json::json!({
+                "event_id": format!("00000000-0000-4000-8000-{i:012}"),
+                "session_id": session,
+                "seq": *n,
+                "host_seq": i,
+                "ts": format!("2026-05-01 12:00:00.{i:06}"),
+                "kind": kind,
+                "host": "agent-host-1",
+                "decision": decision,
+                "sf_user": if login { "AGENT1" } else { "" },
+                "comm": if login { "python3" } else { "" },
+                "rows": if *kind == "result" { 3 } else { 0 },
+            })
+            .to_string(),
+        );
+        rows.push('\n');
+        *n += 1;
+    }
+    ch.query(&rows)?;
+
+    let expected = "1f2e3d4c5b6a-0\tAGENT1\t1\t0\t3\t1\n\
+                    1f2e3d4c5b6a-1\tAGENT1\t1\t1\t0\t0\n\
+                    conn:7\t\t0\t0\t0\t1\n";
+    assert_eq!(sessions(&ch)?, expected);
+    // What the documented question "which sessions never ended cleanly?" finds.
+    assert_eq!(
+        ch.query("SELECT session_id FROM tollgate.sessions WHERE NOT closed")?,
+        "1f2e3d4c5b6a-1\n"
+    );
+
+    // A schema migrated by an older build has the version-2 view, which lists the reload as
+    // an open session; migrating replaces it.
+    ch.query("DELETE FROM tollgate.schema_migrations WHERE version = 4")?;
+    ch.query(
+        "CREATE OR REPLACE VIEW tollgate.sessions AS
+SELECT session_id, host, min(ts) AS started, max(ts) AS last_event,
+       anyIf(sf_user, kind = 'login') AS sf_user, anyIf(sf_role, kind = 'login') AS sf_role,
+       anyIf(comm, kind = 'login') AS comm, countIf(kind = 'query') AS queries,
+       countIf(kind = 'decision' AND decision = 'deny') AS denied,
+       sumIf(rows, kind = 'result') AS rows_returned,
+       countIf(kind IN ('session_end', 'disconnect')) > 0 AS closed
+FROM tollgate.events FINAL
+GROUP BY session_id, host",
+    )?;
+    assert_eq!(
+        ch.query("SELECT session_id FROM tollgate.sessions WHERE NOT closed ORDER BY session_id")?,
+        "1f2e3d4c5b6a-1\npolicy:0b6c2f7e-3d1a-4c55-9a0e-5f4d3c2b1a09\n",
+        "the old view, as the finding describes it"
+    );
+    assert_eq!(rt.block_on(migrate(&cfg))?, vec![4]);
+    assert_eq!(sessions(&ch)?, expected);
     Ok(())
 }
 

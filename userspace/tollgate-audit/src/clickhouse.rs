@@ -1,14 +1,15 @@
 //! The ClickHouse sink: schema and migrations, the shipper that drains the spool exactly once,
 //! and the reader behind `tollgate replay` / `tollgate audit verify --clickhouse`.
 //!
-//! # Schema (version 3)
+//! # Schema (version 4)
 //! `events`: one row per event, the columns of [`Event`] (masked counts as four parallel
 //! arrays, attributes as `Map(String, String)`), `ENGINE = ReplacingMergeTree` ordered by
 //! `(toDate(ts), host, session_id, seq, event_id)` — a re-delivered event has the same key and
 //! merges away — partitioned by month, with a TTL (default six years, HIPAA) and
 //! `non_replicated_deduplication_window` so a re-sent batch (same
 //! `insert_deduplication_token`) is dropped at insert. Views for analysts: `phi_access`,
-//! `denied_statements`, `approvals`, `masked_values`, `sessions`. `schema_migrations` records
+//! `denied_statements`, `approvals`, `masked_values`, `sessions` (session and connection chains
+//! only: policy reloads are not sessions). `schema_migrations` records
 //! what was applied. Migrations run at start with the admin credentials, each once.
 //!
 //! # Exactly once
@@ -114,9 +115,24 @@ impl ClickHouseConfig {
 
     /// Checks the names that are written into SQL (database, cluster, writer user): each
     /// must be 1 to 255 ASCII letters, digits, `_`, `-` or `.`. Called by [`migrate`] and
-    /// [`fetch`] before any statement is sent; call it at configuration time to report a bad
-    /// name early.
+    /// [`fetch`] before any statement is sent; the first bad name is the error. A configuration
+    /// check reports them early and all at once with [`ClickHouseConfig::invalid_names`], the
+    /// check this is made of.
     pub fn validate(&self) -> Result<(), ShipError> {
+        match self.invalid_names().into_iter().next() {
+            Some((field, detail)) => Err(ShipError::Config {
+                what: format!("checking the ClickHouse {field} name"),
+                code: 0,
+                detail,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Every name [`ClickHouseConfig::validate`] refuses, as (field, what is wrong and what to
+    /// use), fields named as in this struct (`database`, `cluster`, `user`); empty when it
+    /// passes. The writer's name counts only when Tollgate creates it (`create_writer`).
+    pub fn invalid_names(&self) -> Vec<(&'static str, String)> {
         let mut names = vec![("database", self.database.as_str())];
         if let Some(cluster) = &self.cluster {
             names.push(("cluster", cluster.as_str()));
@@ -124,18 +140,18 @@ impl ClickHouseConfig {
         if self.create_writer {
             names.push(("user", self.user.as_str()));
         }
-        for (field, name) in names {
-            if !is_identifier(name) {
-                return Err(ShipError::Config {
-                    what: format!("checking the ClickHouse {field} name"),
-                    code: 0,
-                    detail: format!(
+        names
+            .into_iter()
+            .filter(|(_, name)| !is_identifier(name))
+            .map(|(field, name)| {
+                (
+                    field,
+                    format!(
                         "{name:?} is not a usable {field} name: use 1 to 255 ASCII letters, digits, `_`, `-` or `.`"
                     ),
-                });
-            }
-        }
-        Ok(())
+                )
+            })
+            .collect()
     }
 
     fn client(&self, user: &str, password: Option<&str>) -> Client {
@@ -444,10 +460,31 @@ GROUP BY session_id, host",
             "GRANT {on_cluster} INSERT ON {db}.events TO {writer}",
         ],
     },
+    Migration {
+        version: 4,
+        description: "sessions view: session chains only",
+        statements: &[SESSIONS_VIEW],
+    },
 ];
 
+/// The `sessions` view: one row per chain of a Snowflake session or of a connection
+/// (`conn:<id>`). A policy reload is a one-event chain of its own (`policy:<event id>`, kind
+/// `policy_reload`) and no session: its events are left out (by kind, and by chain name should
+/// a later kind share such a chain), so it is never listed, least of all as an open session.
+/// Version 2 created the view without that filter; version 4 replaces it.
+const SESSIONS_VIEW: &str = "CREATE OR REPLACE VIEW {db}.sessions {on_cluster} AS
+SELECT session_id, host, min(ts) AS started, max(ts) AS last_event,
+       anyIf(sf_user, kind = 'login') AS sf_user, anyIf(sf_role, kind = 'login') AS sf_role,
+       anyIf(comm, kind = 'login') AS comm, countIf(kind = 'query') AS queries,
+       countIf(kind = 'decision' AND decision = 'deny') AS denied,
+       sumIf(rows, kind = 'result') AS rows_returned,
+       countIf(kind IN ('session_end', 'disconnect')) > 0 AS closed
+FROM {db}.events FINAL
+WHERE kind != 'policy_reload' AND NOT startsWith(session_id, 'policy:')
+GROUP BY session_id, host";
+
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Whether `s` is a name [`ClickHouseConfig::validate`] accepts.
 fn is_identifier(s: &str) -> bool {
@@ -1033,6 +1070,16 @@ mod tests {
         cfg.create_writer = true;
         assert!(cfg.validate().is_err());
         assert_eq!(ident("tollgate"), "`tollgate`");
+        // Every bad name is listed, by field; validate reports the first.
+        cfg.database = "a b".into();
+        cfg.cluster = Some("c;d".into());
+        let fields: Vec<&str> = cfg.invalid_names().iter().map(|(f, _)| *f).collect();
+        assert_eq!(fields, ["database", "cluster", "user"]);
+        assert!(
+            matches!(cfg.validate(), Err(ShipError::Config { ref detail, .. }) if detail.contains("\"a b\" is not a usable database name")),
+            "{:?}",
+            cfg.validate()
+        );
     }
 
     #[test]

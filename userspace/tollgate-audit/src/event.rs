@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use tollgate_identity::Identity;
 use uuid::Uuid;
 
 /// What an event records.
@@ -258,6 +259,30 @@ impl Event {
         }
     }
 
+    /// Fills the who-fields from `who` — the one place they are filled: `sf_*` from the
+    /// Snowflake identity, `pid` (the thread group, i.e. the process id), `uid`, `comm`, `exe`
+    /// and `cgroup` (the cgroup v2 path) from the process, `oidc_subject` and `oidc_issuer` from
+    /// the verified claims. Every who-field is set: what `who` does not know is left empty
+    /// (`""`, `None`). `host` is the recording host's, set by the spool, not `who.host`.
+    pub fn with_identity(&mut self, who: &Identity) {
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        let sf = &who.snowflake;
+        self.sf_account = text(&sf.account);
+        self.sf_user = text(&sf.user);
+        self.sf_role = text(&sf.role);
+        self.sf_warehouse = text(&sf.warehouse);
+        self.sf_database = text(&sf.database);
+        self.sf_schema = text(&sf.schema);
+        let p = who.process.as_ref();
+        self.pid = p.map(|p| p.tgid);
+        self.uid = p.map(|p| p.uid);
+        self.comm = p.map(|p| p.comm.clone()).unwrap_or_default();
+        self.exe = p.and_then(|p| p.exe.clone()).unwrap_or_default();
+        self.cgroup = p.and_then(|p| p.cgroup_path.clone()).unwrap_or_default();
+        self.oidc_subject = who.claims.subject().unwrap_or_default().to_owned();
+        self.oidc_issuer = who.claims.issuer().unwrap_or_default().to_owned();
+    }
+
     /// Sets an attribute (builder style).
     pub fn attr(mut self, key: &str, value: impl ToString) -> Self {
         self.attrs.insert(key.to_owned(), value.to_string());
@@ -312,6 +337,64 @@ mod tests {
             assert_eq!(j, format!("\"{}\"", k.as_str()));
         }
         assert!(EventKind::Disconnect.is_final() && !EventKind::Query.is_final());
+    }
+
+    #[test]
+    fn who_fields_come_from_the_identity() {
+        use tollgate_identity::{ProcessIdentity, SnowflakeIdentity};
+        let who = Identity {
+            snowflake: SnowflakeIdentity {
+                account: Some("ACME".into()),
+                user: Some("AGENT".into()),
+                role: Some("ANALYST".into()),
+                warehouse: Some("WH".into()),
+                database: Some("CLINICAL".into()),
+                schema: Some("EHR".into()),
+                authenticator: Some("SNOWFLAKE".into()),
+                client: None,
+            },
+            process: Some(ProcessIdentity {
+                pid: 4243,
+                tgid: 4242,
+                uid: 1000,
+                comm: "python3".into(),
+                exe: Some("/usr/bin/python3".into()),
+                cgroup_path: Some("/agents.slice/a.scope".into()),
+                ..ProcessIdentity::default()
+            }),
+            host: Some("not-recorded".into()),
+            claims: [("iss", "https://idp"), ("sub", "agent-7")]
+                .into_iter()
+                .collect(),
+        };
+        let mut e = Event::new(EventKind::Query, "s");
+        e.with_identity(&who);
+        let sf = [
+            &e.sf_account,
+            &e.sf_user,
+            &e.sf_role,
+            &e.sf_warehouse,
+            &e.sf_database,
+            &e.sf_schema,
+        ];
+        assert_eq!(sf, ["ACME", "AGENT", "ANALYST", "WH", "CLINICAL", "EHR"]);
+        assert_eq!((e.pid, e.uid), (Some(4242), Some(1000)), "pid is the tgid");
+        assert_eq!(
+            [&e.comm, &e.exe, &e.cgroup],
+            ["python3", "/usr/bin/python3", "/agents.slice/a.scope"]
+        );
+        assert_eq!(
+            [&e.oidc_subject, &e.oidc_issuer],
+            ["agent-7", "https://idp"]
+        );
+        assert_eq!(e.host, "", "the spool sets the host");
+        // Nothing known: every who-field empty again.
+        e.with_identity(&Identity::default());
+        assert_eq!(e.pid, None);
+        assert_eq!(e.uid, None);
+        assert!([&e.sf_user, &e.comm, &e.exe, &e.cgroup, &e.oidc_subject]
+            .iter()
+            .all(|f| f.is_empty()));
     }
 
     #[test]

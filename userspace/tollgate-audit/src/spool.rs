@@ -10,26 +10,43 @@
 //! A new segment starts when the current one passes [`SpoolOptions::segment_bytes`].
 //!
 //! # Writing
-//! One writer thread owns the files. [`Spool::append`] hands it an event and waits: the thread
-//! takes every event queued meanwhile, seals them ([`crate::chain::Chainer::seal`]), writes them
-//! with one `write` and one `fdatasync` (group commit), and only then answers — so an answered
-//! append survives a crash or power loss. If writing or syncing fails (disk full, read-only
-//! file system, permissions), the segment is cut back to its last good length, the chain state
-//! is rolled back, and every waiting append gets the error: the caller must refuse what the
-//! event describes (no access without audit).
+//! One writer thread owns the files; a second thread makes them durable. [`Spool::append_written`]
+//! hands the writer events and waits until they are *written*: the thread takes every event
+//! queued meanwhile, seals them ([`crate::chain::Chainer::seal`]) and writes them with one
+//! `write` — from then on they survive a crash of Tollgate (`kill -9`), since the kernel holds
+//! them. The answer is a [`Written`] ticket; [`Written::durable`] waits until an `fdatasync`
+//! that began after the write has returned — from then on they also survive a power loss. The
+//! sync thread runs `fdatasync` back to back while there is anything new, so one sync covers
+//! every event written before it began (group commit), and a caller can let the sync run while
+//! it does other work: the Snowflake layer forwards a statement once its events are written and
+//! releases the answer only once they are durable. [`Spool::append`] and [`Spool::append_many`]
+//! wait for both.
+//!
+//! If a `write` fails (disk full, read-only file system, permissions), the segment is cut back to
+//! its last good length, the chain state is rolled back, and every waiting append gets the error:
+//! the caller must refuse what the event describes (no access without audit). If an `fdatasync`
+//! fails, what the kernel held may be gone, and a later sync that succeeds proves nothing about
+//! it: the spool is *broken* — every event not yet durable and every later append gets the
+//! error, so every later step is refused — until Tollgate restarts, and recovery reads what the
+//! disk really holds.
 //!
 //! # Recovery
 //! [`Spool::open`] reads the last segment's heads, scans that segment (a torn frame at its end —
 //! a crash mid-write of events nobody was told are stored — is cut off), and then closes every
 //! chain left open by the previous run with a signed [`EventKind::SessionEnd`] /
 //! [`EventKind::Disconnect`] ("tollgate restarted"), because their in-memory state is gone.
+//! Before it closes a chain, recovery marks each statement of it that was forwarded (its
+//! `decision` event allowed it) but has no `result` event — the statement reached Snowflake and
+//! its outcome is unknown — with a `result` event of decision `lost` ([`STATEMENT_ATTR`] links
+//! them). It looks for them in the last two segments.
 
 use std::collections::HashMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -40,6 +57,9 @@ use crate::event::{Event, EventKind};
 
 /// Largest event payload accepted (a frame longer than this is damage, not an event).
 pub const MAX_EVENT_BYTES: usize = 16 << 20;
+/// The attribute linking a statement's `query`, `decision` and `result` events (the `query`
+/// event's id); recovery uses it to find statements whose result was never recorded.
+pub const STATEMENT_ATTR: &str = "statement";
 /// Events the writer takes per group commit at most.
 const MAX_BATCH: usize = 4096;
 /// Queue between appenders and the writer.
@@ -125,6 +145,66 @@ pub struct Recovery {
     pub closed_chains: usize,
     /// Bytes of a torn frame cut off the last segment.
     pub torn_bytes: u64,
+    /// Statements of those chains that reached Snowflake without a recorded result, now
+    /// marked `lost`.
+    pub lost_statements: usize,
+}
+
+/// The `result` events (decision `lost`) that mark each statement of the `open` chains that was
+/// forwarded — a `decision` event of `allow` or `mask` carrying [`STATEMENT_ATTR`] — but has no
+/// `result` event with the same key in `events`. In the order the statements were decided.
+pub fn lost_statements(events: &[Event], open: &HashSet<&str>) -> Vec<Event> {
+    let mut pending: BTreeMap<u64, &Event> = BTreeMap::new();
+    let mut by_key: HashMap<&str, u64> = HashMap::new();
+    for e in events {
+        if !open.contains(e.session_id.as_str()) {
+            continue;
+        }
+        let Some(key) = e.attrs.get(STATEMENT_ATTR) else {
+            continue;
+        };
+        match e.kind {
+            EventKind::Decision if matches!(e.decision.as_str(), "allow" | "mask") => {
+                by_key.insert(key, e.host_seq);
+                pending.insert(e.host_seq, e);
+            }
+            EventKind::Result => {
+                if let Some(at) = by_key.remove(key.as_str()) {
+                    pending.remove(&at);
+                }
+            }
+            _ => {}
+        }
+    }
+    pending
+        .into_values()
+        .map(|d| {
+            let mut e = Event::new(EventKind::Result, d.session_id.clone());
+            e.connection_id.clone_from(&d.connection_id);
+            e.attrs
+                .insert(STATEMENT_ATTR.to_owned(), d.attrs[STATEMENT_ATTR].clone());
+            e.rule_id.clone_from(&d.rule_id);
+            e.sql_fingerprint.clone_from(&d.sql_fingerprint);
+            e.pid = d.pid;
+            e.uid = d.uid;
+            for (to, from) in [
+                (&mut e.comm, &d.comm),
+                (&mut e.exe, &d.exe),
+                (&mut e.cgroup, &d.cgroup),
+                (&mut e.sf_account, &d.sf_account),
+                (&mut e.sf_user, &d.sf_user),
+                (&mut e.sf_role, &d.sf_role),
+                (&mut e.sf_warehouse, &d.sf_warehouse),
+                (&mut e.sf_database, &d.sf_database),
+                (&mut e.sf_schema, &d.sf_schema),
+            ] {
+                to.clone_from(from);
+            }
+            e.decision = "lost".into();
+            e.reason = "tollgate stopped after forwarding this statement and before its result was recorded: the statement may have run in Snowflake; its outcome is unknown".into();
+            e
+        })
+        .collect()
 }
 
 /// Handle to the spool writer. Cheap to clone.
@@ -134,7 +214,50 @@ pub struct Spool {
     dir: PathBuf,
     /// Host sequence number one past the last durable event.
     durable: watch::Receiver<u64>,
+    /// Set once an `fdatasync` failed (see the module docs).
+    broken: watch::Receiver<Option<SpoolError>>,
     failures: Arc<AtomicU64>,
+}
+
+/// Events written to the spool file — they survive a crash of Tollgate — whose durability
+/// (an `fdatasync`) may still be under way. See the module docs.
+#[derive(Debug)]
+#[must_use = "a written event is not durable until `durable` says so"]
+pub struct Written {
+    receipts: Vec<Receipt>,
+    /// Host sequence one past the last of these events.
+    until: u64,
+    durable: watch::Receiver<u64>,
+    broken: watch::Receiver<Option<SpoolError>>,
+}
+
+impl Written {
+    /// What the appends stored, in order.
+    pub fn receipts(&self) -> &[Receipt] {
+        &self.receipts
+    }
+
+    /// Whether the events are durable already.
+    pub fn is_durable(&self) -> bool {
+        *self.durable.borrow() >= self.until
+    }
+
+    /// Waits until the events are durable; an error when the sync failed (they may be lost:
+    /// refuse what they describe).
+    pub async fn durable(mut self) -> Result<Vec<Receipt>, SpoolError> {
+        loop {
+            if *self.durable.borrow_and_update() >= self.until {
+                return Ok(self.receipts);
+            }
+            if let Some(e) = self.broken.borrow_and_update().clone() {
+                return Err(e);
+            }
+            tokio::select! {
+                r = self.durable.changed() => r.map_err(|_| SpoolError::Stopped)?,
+                r = self.broken.changed() => r.map_err(|_| SpoolError::Stopped)?,
+            }
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -332,14 +455,117 @@ fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// What the writer hands the sync thread: the file written to and the host sequence one past
+/// its last written event.
+struct SyncTarget {
+    file: Arc<File>,
+    until: u64,
+}
+
+/// Shared by the writer and the sync thread.
+struct Syncer {
+    state: Mutex<SyncState>,
+    wake: Condvar,
+    durable: watch::Sender<u64>,
+    broken: watch::Sender<Option<SpoolError>>,
+    failures: Arc<AtomicU64>,
+    dir: PathBuf,
+}
+
+#[derive(Default)]
+struct SyncState {
+    target: Option<SyncTarget>,
+    stop: bool,
+}
+
+impl Syncer {
+    fn state(&self) -> std::sync::MutexGuard<'_, SyncState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Asks for `target` to be made durable (replacing an older request: one sync covers both).
+    fn request(&self, target: SyncTarget) {
+        self.state().target = Some(target);
+        self.wake.notify_one();
+    }
+
+    fn stop(&self) {
+        self.state().stop = true;
+        self.wake.notify_one();
+    }
+
+    /// Everything before host sequence `until` is durable.
+    fn advance(&self, until: u64) {
+        self.durable.send_if_modified(|d| {
+            let moved = until > *d;
+            if moved {
+                *d = until;
+            }
+            moved
+        });
+    }
+
+    fn broken(&self) -> Option<SpoolError> {
+        self.broken.borrow().clone()
+    }
+
+    /// Syncs `file`; on failure the spool is broken from here on.
+    fn sync(&self, file: &File, until: u64) -> Result<(), SpoolError> {
+        if let Some(e) = self.broken() {
+            return Err(e);
+        }
+        match file.sync_data() {
+            Ok(()) => {
+                self.advance(until);
+                Ok(())
+            }
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                let err = SpoolError::Write {
+                    dir: self.dir.clone(),
+                    cause: format!(
+                        "fdatasync failed: {e}; events not yet durable may be lost, and every later statement is refused until Tollgate is restarted"
+                    ),
+                };
+                error!(error = %err, "audit spool broken");
+                self.broken.send_replace(Some(err.clone()));
+                Err(err)
+            }
+        }
+    }
+
+    /// The sync thread: `fdatasync` back to back while the writer asks for one.
+    fn run(&self) {
+        loop {
+            let target = {
+                let mut st = self.state();
+                loop {
+                    if let Some(t) = st.target.take() {
+                        break t;
+                    }
+                    if st.stop {
+                        return;
+                    }
+                    st = self
+                        .wake
+                        .wait(st)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            };
+            let _ = self.sync(&target.file, target.until);
+        }
+    }
+}
+
 struct Writer {
     opts: SpoolOptions,
     key: HostKey,
     chainer: Chainer,
-    file: Option<File>,
+    file: Option<Arc<File>>,
     len: u64,
-    durable: watch::Sender<u64>,
-    failures: Arc<AtomicU64>,
+    syncer: Arc<Syncer>,
     buf: Vec<u8>,
 }
 
@@ -351,8 +577,28 @@ impl Writer {
         }
     }
 
-    /// Starts a segment at the current host sequence (heads first, then the file).
-    fn rotate(&mut self) -> io::Result<()> {
+    /// Makes everything written so far durable, on this thread (before a segment is left, at a
+    /// flush, at the end).
+    fn sync_now(&mut self) -> Result<(), SpoolError> {
+        let until = self.chainer.next_host_seq;
+        match (&self.file, self.opts.sync) {
+            (Some(f), true) if *self.syncer.durable.borrow() < until => {
+                let f = f.clone();
+                self.syncer.sync(&f, until)
+            }
+            _ => {
+                self.syncer.advance(until);
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts a segment at the current host sequence (the old one made durable, heads first,
+    /// then the file).
+    fn rotate(&mut self) -> Result<(), SpoolError> {
+        if self.file.is_some() {
+            self.sync_now()?;
+        }
         let start = self.chainer.next_host_seq;
         let heads = HeadsFile {
             next_host_seq: start,
@@ -363,25 +609,33 @@ impl Writer {
                 .map(|(k, h)| (k.clone(), (h.next_seq, h.last_hash.clone(), h.last_ts_us)))
                 .collect(),
         };
-        write_atomic(
-            &self.opts.dir,
-            &heads_name(start),
-            &serde_json::to_vec(&heads).unwrap_or_default(),
-        )?;
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.opts.dir.join(seg_name(start)))?;
-        sync_dir(&self.opts.dir)?;
-        self.len = f.metadata()?.len();
-        self.file = Some(f);
+        let open = || -> io::Result<File> {
+            write_atomic(
+                &self.opts.dir,
+                &heads_name(start),
+                &serde_json::to_vec(&heads).unwrap_or_default(),
+            )?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.opts.dir.join(seg_name(start)))?;
+            sync_dir(&self.opts.dir)?;
+            Ok(f)
+        };
+        let f = open().map_err(|e| self.werr(e))?;
+        self.len = f.metadata().map_err(|e| self.werr(e))?.len();
+        self.file = Some(Arc::new(f));
         Ok(())
     }
 
     /// Seals and writes a batch; on failure nothing of it is stored and the state is as before.
+    /// Written is not durable: the sync thread is asked for that.
     fn commit(&mut self, events: &mut [Box<Event>]) -> Result<(), SpoolError> {
+        if let Some(e) = self.syncer.broken() {
+            return Err(e);
+        }
         if self.file.is_none() || self.len >= self.opts.segment_bytes {
-            self.rotate().map_err(|e| self.werr(e))?;
+            self.rotate()?;
         }
         let before_seq = self.chainer.next_host_seq;
         let mut undo: Vec<(String, Option<ChainHead>)> = Vec::with_capacity(events.len());
@@ -394,18 +648,20 @@ impl Writer {
             self.chainer.seal(e, &self.opts.host, &self.key);
             frame(e, &mut self.buf);
         }
-        let sync = self.opts.sync;
-        let file = self.file.as_mut().expect("segment open");
-        let res = file
-            .write_all(&self.buf)
-            .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
-        match res {
+        let file = self.file.clone().expect("segment open");
+        match (&*file).write_all(&self.buf) {
             Ok(()) => {
                 self.len += self.buf.len() as u64;
+                let until = self.chainer.next_host_seq;
+                if self.opts.sync {
+                    self.syncer.request(SyncTarget { file, until });
+                } else {
+                    self.syncer.advance(until);
+                }
                 Ok(())
             }
             Err(e) => {
-                self.failures.fetch_add(1, Ordering::Relaxed);
+                self.syncer.failures.fetch_add(1, Ordering::Relaxed);
                 // Cut the segment back so no partial frame stays between good ones; if even
                 // that fails, the next batch starts a new segment.
                 if file
@@ -453,8 +709,6 @@ impl Writer {
                 let res = self.commit(&mut batch);
                 if let Err(e) = &res {
                     error!(error = %e, events = batch.len(), "audit spool write failed");
-                } else {
-                    let _ = self.durable.send(self.chainer.next_host_seq);
                 }
                 for (e, w) in batch.drain(..).zip(waiters.drain(..)) {
                     let answer = res.clone().map(|()| Receipt {
@@ -474,10 +728,16 @@ impl Writer {
                     }
                 }
             }
-            for f in flushes.drain(..) {
-                let _ = f.send(());
+            if !flushes.is_empty() {
+                let _ = self.sync_now();
+                for f in flushes.drain(..) {
+                    let _ = f.send(());
+                }
             }
         }
+        // Every handle is gone: make the rest durable and stop the sync thread.
+        let _ = self.sync_now();
+        self.syncer.stop();
     }
 }
 
@@ -500,6 +760,12 @@ impl Spool {
         let segs = segments(&dir).map_err(rerr)?;
         let mut file = None;
         let mut len = 0;
+        // Events of the last two segments, for statements left without a result.
+        let mut recent: Vec<Event> = Vec::new();
+        if segs.len() > 1 {
+            let (events, _) = read_segment(&segs[segs.len() - 2].1, 0).map_err(rerr)?;
+            recent.extend(events.into_iter().map(|(_, e)| e));
+        }
         if let Some((s, path)) = segs.last() {
             if let Ok(text) = fs::read(dir.join(heads_name(*s))) {
                 let h: HeadsFile = serde_json::from_slice(&text).map_err(|e| SpoolError::Read {
@@ -532,6 +798,7 @@ impl Spool {
             for (_, e) in &events {
                 chainer.observe(e);
             }
+            recent.extend(events.into_iter().map(|(_, e)| e));
             let f = OpenOptions::new().append(true).open(path).map_err(rerr)?;
             let size = f.metadata().map_err(rerr)?.len();
             if size > end {
@@ -539,60 +806,78 @@ impl Spool {
                 warn!(
                     segment = %path.display(),
                     bytes = size - end,
-                    "audit spool: cutting a torn frame off the last segment (events never acknowledged)"
+                    "audit spool: cutting a torn frame off the last segment (events that were never durable)"
                 );
                 f.set_len(end).map_err(rerr)?;
                 f.sync_all().map_err(rerr)?;
             }
             len = end;
-            file = Some(f);
+            file = Some(Arc::new(f));
         }
         let (durable_tx, durable) = watch::channel(chainer.next_host_seq);
+        let (broken_tx, broken) = watch::channel(None);
         let failures = Arc::new(AtomicU64::new(0));
-        let orphans: Vec<String> = chainer.heads.keys().cloned().collect();
+        let syncer = Arc::new(Syncer {
+            state: Mutex::new(SyncState::default()),
+            wake: Condvar::new(),
+            durable: durable_tx,
+            broken: broken_tx,
+            failures: failures.clone(),
+            dir: dir.clone(),
+        });
+        let mut orphans: Vec<String> = chainer.heads.keys().cloned().collect();
+        orphans.sort();
         let mut writer = Writer {
             opts,
             key,
             chainer,
             file,
             len,
-            durable: durable_tx,
-            failures: failures.clone(),
+            syncer: syncer.clone(),
             buf: Vec::new(),
         };
         if !orphans.is_empty() {
-            let mut ends: Vec<Box<Event>> = orphans
-                .iter()
-                .map(|s| {
-                    let kind = if s.starts_with("conn:") {
-                        EventKind::Disconnect
-                    } else {
-                        EventKind::SessionEnd
-                    };
-                    let mut e = Event::new(kind, s.clone());
-                    e.decision = "lost".into();
-                    e.reason = "tollgate restarted: the chain's in-memory state was lost".into();
-                    Box::new(e)
-                })
+            let open: HashSet<&str> = orphans.iter().map(String::as_str).collect();
+            let mut ends: Vec<Box<Event>> = lost_statements(&recent, &open)
+                .into_iter()
+                .map(Box::new)
                 .collect();
+            recovery.lost_statements = ends.len();
+            ends.extend(orphans.iter().map(|s| {
+                let kind = if s.starts_with("conn:") {
+                    EventKind::Disconnect
+                } else {
+                    EventKind::SessionEnd
+                };
+                let mut e = Event::new(kind, s.clone());
+                e.decision = "lost".into();
+                e.reason = "tollgate restarted: the chain's in-memory state was lost".into();
+                Box::new(e)
+            }));
             writer.commit(&mut ends)?;
-            let _ = writer.durable.send(writer.chainer.next_host_seq);
-            recovery.closed_chains = ends.len();
+            writer.sync_now()?;
+            recovery.closed_chains = orphans.len();
         }
         recovery.next_host_seq = writer.chainer.next_host_seq;
         let (tx, rx) = mpsc::channel(QUEUE);
+        let spawn_err = |e: io::Error| SpoolError::Write {
+            dir: dir.clone(),
+            cause: format!("cannot start the spool's threads: {e}"),
+        };
+        std::thread::Builder::new()
+            .name("audit-sync".into())
+            .spawn(move || syncer.run())
+            .map_err(spawn_err)?;
         std::thread::Builder::new()
             .name("audit-spool".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| SpoolError::Write {
-                dir: dir.clone(),
-                cause: format!("cannot start the writer thread: {e}"),
-            })?;
+            .map_err(spawn_err)?;
         Ok((
             Spool {
                 tx,
                 dir,
                 durable,
+                broken,
                 failures,
             },
             recovery,
@@ -601,34 +886,45 @@ impl Spool {
 
     /// Appends `event` and waits until it is durable. On error the event is not stored.
     pub async fn append(&self, event: Event) -> Result<Receipt, SpoolError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Msg::Append(Box::new(event), Some(tx))).await?;
-        rx.await.map_err(|_| SpoolError::Stopped)?
+        let mut receipts = self.append_many(vec![event]).await?;
+        receipts.pop().ok_or(SpoolError::Stopped)
     }
 
     /// Appends several events (one group commit when the writer is idle) and waits until all
     /// are durable. On error none of those that failed is stored; the first error is returned.
     pub async fn append_many(&self, events: Vec<Event>) -> Result<Vec<Receipt>, SpoolError> {
+        self.append_written(events).await?.durable().await
+    }
+
+    /// Appends several events and waits until they are written (they survive a crash of
+    /// Tollgate); the ticket tells when they are durable. On error none of those that failed
+    /// is stored; the first error is returned.
+    pub async fn append_written(&self, events: Vec<Event>) -> Result<Written, SpoolError> {
         let mut waits = Vec::with_capacity(events.len());
         for e in events {
             let (tx, rx) = oneshot::channel();
             self.send(Msg::Append(Box::new(e), Some(tx))).await?;
             waits.push(rx);
         }
-        let mut out = Vec::with_capacity(waits.len());
+        let mut receipts = Vec::with_capacity(waits.len());
         let mut first_err = None;
         for w in waits {
             match w.await.map_err(|_| SpoolError::Stopped).and_then(|r| r) {
-                Ok(r) => out.push(r),
+                Ok(r) => receipts.push(r),
                 Err(e) => {
                     first_err.get_or_insert(e);
                 }
             }
         }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(out),
+        if let Some(e) = first_err {
+            return Err(e);
         }
+        Ok(Written {
+            until: receipts.last().map_or(0, |r| r.host_seq + 1),
+            receipts,
+            durable: self.durable.clone(),
+            broken: self.broken.clone(),
+        })
     }
 
     /// Queues `event` without waiting (a failure is logged). For events nothing waits on,
@@ -665,7 +961,7 @@ impl Spool {
         self.tx.send(msg).await.map_err(|_| SpoolError::Stopped)
     }
 
-    /// Waits until everything queued before is written.
+    /// Waits until everything queued before is written and durable.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Msg::Flush(tx)).await.is_ok() {
@@ -681,6 +977,11 @@ impl Spool {
     /// Host sequence one past the last durable event; changes are signalled.
     pub fn durable(&self) -> watch::Receiver<u64> {
         self.durable.clone()
+    }
+
+    /// Why the spool is broken (an `fdatasync` failed), if it is: every append is refused.
+    pub fn broken(&self) -> Option<SpoolError> {
+        self.broken.borrow().clone()
     }
 
     /// Write failures so far.
@@ -856,5 +1157,132 @@ mod tests {
         );
         pos.next = 0;
         assert_eq!(read_at(dir.path(), &pos, 1).unwrap().0[0].host_seq, 0);
+    }
+
+    fn statement(chain: &str, key: &str, kind: EventKind, decision: &str) -> Event {
+        let mut e = Event::new(kind, chain).attr(STATEMENT_ATTR, key);
+        e.decision = decision.into();
+        e.sf_user = "ALICE".into();
+        e
+    }
+
+    #[tokio::test]
+    async fn written_events_are_readable_before_and_durable_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(opts(dir.path()), HostKey::generate()).unwrap();
+        let written = spool
+            .append_written(vec![
+                Event::new(EventKind::Query, "s1"),
+                Event::new(EventKind::Decision, "s1"),
+            ])
+            .await
+            .unwrap();
+        // Written: in the file (a crash of the process cannot take them back).
+        assert_eq!(read_all(dir.path()).unwrap().len(), 2);
+        assert_eq!(
+            written
+                .receipts()
+                .iter()
+                .map(|r| r.host_seq)
+                .collect::<Vec<_>>(),
+            [0, 1]
+        );
+        let receipts = written.durable().await.unwrap();
+        assert_eq!(receipts.len(), 2);
+        assert!(*spool.durable().borrow() >= 2);
+        assert!(spool.broken().is_none());
+    }
+
+    #[tokio::test]
+    async fn durability_without_fsync_is_immediate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = opts(dir.path());
+        o.sync = false;
+        let (spool, _) = Spool::open(o, HostKey::generate()).unwrap();
+        let w = spool
+            .append_written(vec![Event::new(EventKind::Query, "s1")])
+            .await
+            .unwrap();
+        assert!(w.is_durable());
+    }
+
+    #[test]
+    fn lost_statements_are_the_forwarded_ones_without_a_result() {
+        let mut events = vec![
+            statement("s1", "q1", EventKind::Query, ""),
+            statement("s1", "q1", EventKind::Decision, "allow"),
+            statement("s1", "q1", EventKind::Result, "ok"),
+            statement("s1", "q2", EventKind::Decision, "mask"),
+            statement("s1", "q3", EventKind::Decision, "deny"),
+            statement("s2", "q4", EventKind::Decision, "allow"),
+            statement("s1", "q5", EventKind::Decision, "allow"),
+        ];
+        for (i, e) in events.iter_mut().enumerate() {
+            e.host_seq = i as u64;
+        }
+        let open: HashSet<&str> = ["s1"].into();
+        let lost = lost_statements(&events, &open);
+        let keys: Vec<&str> = lost
+            .iter()
+            .map(|e| e.attrs[STATEMENT_ATTR].as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            ["q2", "q5"],
+            "q1 has a result, q3 was denied, s2 closed"
+        );
+        assert!(lost.iter().all(|e| e.kind == EventKind::Result
+            && e.decision == "lost"
+            && e.sf_user == "ALICE"
+            && e.session_id == "s1"));
+    }
+
+    #[tokio::test]
+    async fn recovery_marks_forwarded_statements_without_a_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().join("k");
+        let spool_dir = dir.path().join("spool");
+        {
+            let (spool, _) = Spool::open(
+                opts(&spool_dir),
+                HostKey::load_or_create(&key_path).unwrap(),
+            )
+            .unwrap();
+            spool
+                .append_many(vec![
+                    statement("s1", "q1", EventKind::Query, ""),
+                    statement("s1", "q1", EventKind::Decision, "allow"),
+                    statement("s1", "q1", EventKind::Result, "ok"),
+                    statement("s1", "q2", EventKind::Query, ""),
+                    statement("s1", "q2", EventKind::Decision, "allow"),
+                ])
+                .await
+                .unwrap();
+        }
+        let (_spool, rec) = Spool::open(
+            opts(&spool_dir),
+            HostKey::load_or_create(&key_path).unwrap(),
+        )
+        .unwrap();
+        assert_eq!((rec.lost_statements, rec.closed_chains), (1, 1));
+        let all = read_all(&spool_dir).unwrap();
+        let tail: Vec<(EventKind, &str, Option<&str>)> = all[5..]
+            .iter()
+            .map(|e| {
+                (
+                    e.kind,
+                    e.decision.as_str(),
+                    e.attrs.get(STATEMENT_ATTR).map(String::as_str),
+                )
+            })
+            .collect();
+        assert_eq!(
+            tail,
+            [
+                (EventKind::Result, "lost", Some("q2")),
+                (EventKind::SessionEnd, "lost", None)
+            ]
+        );
+        assert_eq!(all[5].prev_hash, all[4].hash, "the mark is in the chain");
     }
 }

@@ -8,7 +8,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use tollgate_policy::{analyze, EvalInput, Identity, NameContext, Policy};
+use tollgate_policy::{
+    analyze, EvalInput, Identity, NameContext, Policy, ProcessIdentity, SnowflakeIdentity,
+};
 
 fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort_unstable();
@@ -49,12 +51,18 @@ fn generated_policy(rules: usize) -> Policy {
 fn main() {
     let ctx = NameContext::new("CLINICAL", "PUBLIC");
     let identity = Identity {
-        account: Some("ACME".into()),
-        user: Some("svc-analytics".into()),
-        role: Some("ANALYST".into()),
-        comm: Some("python3".into()),
-        cgroup_path: Some("/agents.slice/a.scope".into()),
-        uid: Some(1000),
+        snowflake: SnowflakeIdentity {
+            account: Some("ACME".into()),
+            user: Some("svc-analytics".into()),
+            role: Some("ANALYST".into()),
+            ..SnowflakeIdentity::default()
+        },
+        process: Some(ProcessIdentity {
+            comm: "python3".into(),
+            cgroup_path: Some("/agents.slice/a.scope".into()),
+            uid: 1000,
+            ..ProcessIdentity::default()
+        }),
         ..Identity::default()
     };
     let select = "SELECT p.id, e.admit_date FROM patients p JOIN ehr.encounters e ON p.id = e.patient_id WHERE p.id = ?";

@@ -29,9 +29,10 @@
 //! group or join on a masked column) turns it into a deny (the rule id stays the mask rule's) or a
 //! [`Fallback`]. [`Policy::resolve_result_columns`] applies the plan to the result.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde::Serialize;
+use tollgate_identity::Identity;
 
 use crate::analysis::{Analysis, AnalysisError, OpaqueSource, StatementInfo, StatementKind};
 use crate::glob::{NameGlob, TextGlob};
@@ -41,36 +42,6 @@ use crate::policy::{kind_index, Matcher, Policy, Rule};
 use crate::schema::{
     ActionKind, ClassifiedCopies, DefaultAction, MaskMethod, MaskedPredicates, UnknownLineage,
 };
-
-/// Who is asking: the Snowflake session, the process behind the connection, the host and the
-/// verified OIDC claims. `None` means "not known"; see the module docs for how that matches.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Identity {
-    /// Snowflake account.
-    pub account: Option<String>,
-    /// Snowflake login name.
-    pub user: Option<String>,
-    /// Current primary role.
-    pub role: Option<String>,
-    /// Current warehouse.
-    pub warehouse: Option<String>,
-    /// Current database.
-    pub database: Option<String>,
-    /// Current schema.
-    pub schema: Option<String>,
-    /// Process uid.
-    pub uid: Option<u32>,
-    /// Process `comm`.
-    pub comm: Option<String>,
-    /// Process executable path.
-    pub exe: Option<String>,
-    /// Process cgroup v2 path.
-    pub cgroup_path: Option<String>,
-    /// Host name.
-    pub host: Option<String>,
-    /// Verified OIDC claims (string-valued).
-    pub claims: BTreeMap<String, String>,
-}
 
 /// What [`Policy::evaluate`] decides on.
 #[derive(Debug, Clone, Copy)]
@@ -815,21 +786,25 @@ fn text_field(globs: &Option<Vec<TextGlob>>, value: Option<&str>, restrictive: b
     }
 }
 
+/// Whether the identity side of a rule matches. A field the rule names but the identity does not
+/// know (`None`: no session, no process, no claim) matches a restrictive rule and never a
+/// permissive one; the process's facts are unknown together when there is no process.
 fn identity_matches(m: &Matcher, id: &Identity, restrictive: bool) -> bool {
-    text_field(&m.account, id.account.as_deref(), restrictive)
-        && text_field(&m.user, id.user.as_deref(), restrictive)
-        && text_field(&m.role, id.role.as_deref(), restrictive)
-        && text_field(&m.warehouse, id.warehouse.as_deref(), restrictive)
-        && text_field(&m.database, id.database.as_deref(), restrictive)
-        && text_field(&m.schema, id.schema.as_deref(), restrictive)
-        && match (&m.uid, id.uid) {
+    let sf = &id.snowflake;
+    text_field(&m.account, sf.account.as_deref(), restrictive)
+        && text_field(&m.user, sf.user.as_deref(), restrictive)
+        && text_field(&m.role, sf.role.as_deref(), restrictive)
+        && text_field(&m.warehouse, sf.warehouse.as_deref(), restrictive)
+        && text_field(&m.database, sf.database.as_deref(), restrictive)
+        && text_field(&m.schema, sf.schema.as_deref(), restrictive)
+        && match (&m.uid, id.uid()) {
             (None, _) => true,
             (Some(uids), Some(uid)) => uids.contains(&uid),
             (Some(_), None) => restrictive,
         }
-        && text_field(&m.comm, id.comm.as_deref(), restrictive)
-        && text_field(&m.exe, id.exe.as_deref(), restrictive)
-        && text_field(&m.cgroup, id.cgroup_path.as_deref(), restrictive)
+        && text_field(&m.comm, id.comm(), restrictive)
+        && text_field(&m.exe, id.exe(), restrictive)
+        && text_field(&m.cgroup, id.cgroup_path(), restrictive)
         && text_field(&m.host, id.host.as_deref(), restrictive)
         && m.claims
             .iter()

@@ -5,7 +5,7 @@
 //!   dialect, names resolved against the session's database and
 //!   schema. [`redact_literals`] and [`fingerprint`] give the audit trail a literal-free form.
 //! - [`Policy`]: a YAML policy file → validated → compiled once; [`Policy::evaluate`] turns an
-//!   identity and an analysis into a [`Decision`] (allow, deny, mask, require approval) naming
+//!   [`Identity`] and an analysis into a [`Decision`] (allow, deny, mask, require approval) naming
 //!   the deciding rule. Evaluation is pure and takes microseconds. A rule's `mask` list may
 //!   name a [`profile`] (`safe_harbor`: the 18 HIPAA Safe Harbor identifiers,
 //!   [`SAFE_HARBOR_TAGS`]), expanded into directives at compile time.
@@ -38,8 +38,7 @@ pub use analysis::{
     StatementKind, UseKind, UseTarget,
 };
 pub use evaluate::{
-    Action, Decision, EvalInput, Fallback, Identity, MaskDirective, MaskPlan, Recording,
-    StatementDecision,
+    Action, Decision, EvalInput, Fallback, MaskDirective, MaskPlan, Recording, StatementDecision,
 };
 pub use lineage::{OutputItem, ProjectionLineage, StatementLineage};
 pub use names::{ColumnRef, NameContext, TableName};
@@ -48,3 +47,6 @@ pub use profile::{safe_harbor_method, MASK_PROFILES, SAFE_HARBOR_TAGS};
 pub use redact::{fingerprint, redact_literals};
 pub use resolve::{ColumnAction, ResultColumnMeta};
 pub use schema::{ByteSize, ClassifiedCopies, MaskMethod, MaskedPredicates, UnknownLineage};
+/// Who is asking: the policy's input (defined in `tollgate-identity`, shared with the proxy, the
+/// Snowflake layer and the audit trail).
+pub use tollgate_identity::{Claims, Identity, ProcessIdentity, SnowflakeIdentity};

@@ -151,8 +151,9 @@ pub struct Issue {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyError {
-    /// The policy file could not be read.
-    #[error("cannot read policy file {path}: {source}")]
+    /// The policy file could not be read (the I/O error is the source, not in the message, so
+    /// that a printed chain carries it once).
+    #[error("cannot read policy file {path}")]
     Read {
         /// The file.
         path: PathBuf,

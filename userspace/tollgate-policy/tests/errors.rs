@@ -108,6 +108,23 @@ fn load_reports_missing_files() {
     assert!(e.to_string().contains("/nonexistent/p.yaml"));
 }
 
+/// The chain as a reporter prints it (anyhow's `{:#}`: each message, then its source's), with
+/// no de-duplication: the os error must be in it once, after the file.
+#[test]
+fn a_missing_file_prints_its_os_error_once_in_the_chain() {
+    let e = tollgate_policy::load(std::path::Path::new("/nonexistent/p.yaml")).unwrap_err();
+    let chain: Vec<String> =
+        std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+            .map(ToString::to_string)
+            .collect();
+    let text = chain.join(": ");
+    assert_eq!(text.matches("os error 2").count(), 1, "{text}");
+    assert!(
+        text.starts_with("cannot read policy file /nonexistent/p.yaml: No such file"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_minimal_policy_compiles() {
     let p = Policy::compile("version: 1\n", "min.yaml").unwrap();

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use tollgate_policy::{
     analyze, load, Action, Decision, EvalInput, Fallback, Identity, NameContext, OpaqueSource,
-    Policy, StatementInfo, StatementLineage,
+    Policy, SnowflakeIdentity, StatementInfo, StatementLineage,
 };
 
 fn ctx() -> NameContext {
@@ -40,10 +40,13 @@ fn masking() -> Policy {
 
 fn user(name: &str) -> Identity {
     Identity {
-        user: Some(name.into()),
-        role: Some("ANALYST".into()),
-        database: Some("CLINICAL".into()),
-        schema: Some("EHR".into()),
+        snowflake: SnowflakeIdentity {
+            user: Some(name.into()),
+            role: Some("ANALYST".into()),
+            database: Some("CLINICAL".into()),
+            schema: Some("EHR".into()),
+            ..SnowflakeIdentity::default()
+        },
         ..Identity::default()
     }
 }

@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use tollgate_policy::{analyze, load, Action, Decision, EvalInput, Identity, NameContext, Policy};
+use tollgate_policy::{
+    analyze, load, Action, Decision, EvalInput, Identity, NameContext, Policy, ProcessIdentity,
+    SnowflakeIdentity,
+};
 
 fn policies_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies")
@@ -32,11 +35,17 @@ fn hipaa() -> Policy {
 
 fn role(role: &str) -> Identity {
     Identity {
-        account: Some("ACME-CLINIC".into()),
-        user: Some("AGENT_SVC".into()),
-        role: Some(role.into()),
-        comm: Some("python3".into()),
-        uid: Some(1000),
+        snowflake: SnowflakeIdentity {
+            account: Some("ACME-CLINIC".into()),
+            user: Some("AGENT_SVC".into()),
+            role: Some(role.into()),
+            ..SnowflakeIdentity::default()
+        },
+        process: Some(ProcessIdentity {
+            comm: "python3".into(),
+            uid: 1000,
+            ..ProcessIdentity::default()
+        }),
         ..Identity::default()
     }
 }

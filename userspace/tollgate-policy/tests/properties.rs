@@ -1,7 +1,9 @@
 //! Properties of the evaluator over generated policies, identities and statements.
 
 use proptest::prelude::*;
-use tollgate_policy::{analyze, Action, EvalInput, Identity, NameContext, Policy};
+use tollgate_policy::{
+    analyze, Action, EvalInput, Identity, NameContext, Policy, SnowflakeIdentity,
+};
 
 const SQL: &[&str] = &[
     "select name from patients",
@@ -103,8 +105,11 @@ fn compile(rules: &[String]) -> Policy {
 
 fn identity(role: &str) -> Identity {
     Identity {
-        role: Some(role.into()),
-        user: Some("U".into()),
+        snowflake: SnowflakeIdentity {
+            role: Some(role.into()),
+            user: Some("U".into()),
+            ..SnowflakeIdentity::default()
+        },
         ..Identity::default()
     }
 }

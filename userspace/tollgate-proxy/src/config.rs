@@ -3,12 +3,18 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::gate::SniGate;
+use crate::gate::{GateAction, SniGate};
 
 /// Listening port of the default listeners.
 pub const DEFAULT_PORT: u16 = 15443;
-/// Default `SO_MARK` on upstream sockets ("tg" in ASCII); the eBPF hooks must skip it.
-pub const DEFAULT_UPSTREAM_MARK: u32 = 0x746f_6c6c;
+/// Default `SO_MARK` on upstream sockets: the one the eBPF hooks skip, defined with the
+/// kernel/user ABI (`tollgate-common`).
+pub use tollgate_common::DEFAULT_SOCKET_MARK;
+/// Default [`ProxyConfig::other_protocols`]: passed through (what `intercept.other_protocols`
+/// promises in docs/settings.md).
+pub const DEFAULT_OTHER_PROTOCOLS: GateAction = GateAction::Passthrough;
+/// Default [`ProxyConfig::shutdown_grace`]: 10 s (`limits.shutdown_grace_ms`).
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Settings of a [`crate::Proxy`]. Every field has a documented default ([`Default`]).
 #[derive(Debug, Clone)]
@@ -25,8 +31,9 @@ pub struct ProxyConfig {
     pub snowflake_ranges: Vec<ipnet::IpNet>,
     /// What happens to connections that are not TLS (plain HTTP, other protocols, silent
     /// server-first clients) and not for Snowflake: passed through or blocked. Tunnels (HTTP
-    /// CONNECT, SOCKS) are always opened and judged by what they carry. Default `Block`.
-    pub other_protocols: crate::gate::GateAction,
+    /// CONNECT, SOCKS) are always opened and judged by what they carry. Default
+    /// [`DEFAULT_OTHER_PROTOCOLS`] (pass-through).
+    pub other_protocols: GateAction,
     /// How long a client may stay silent before it is taken for a server-first protocol
     /// (only when `other_protocols` passes through; bounded by `peek_timeout`). Default 1 s.
     pub server_first_after: Duration,
@@ -45,10 +52,10 @@ pub struct ProxyConfig {
     pub upstream_connect_timeout: Duration,
     /// `SO_MARK` set on upstream sockets before connecting (needs CAP_NET_ADMIN); `None`
     /// disables marking (only for tests and hosts without the eBPF hooks).
-    /// Default [`DEFAULT_UPSTREAM_MARK`].
+    /// Default [`DEFAULT_SOCKET_MARK`].
     pub upstream_mark: Option<u32>,
     /// After the shutdown signal, how long open connections may drain before they are
-    /// aborted. Default 30 s.
+    /// aborted. Default [`DEFAULT_SHUTDOWN_GRACE`] (10 s).
     pub shutdown_grace: Duration,
     /// Whether to complete process identities from `/proc` (exe, cgroup path). Default true.
     pub enrich_identity: bool,
@@ -63,15 +70,15 @@ impl Default for ProxyConfig {
             ],
             gate: SniGate::default(),
             snowflake_ranges: Vec::new(),
-            other_protocols: crate::gate::GateAction::Block,
+            other_protocols: DEFAULT_OTHER_PROTOCOLS,
             server_first_after: Duration::from_secs(1),
             max_connections: 4096,
             peek_timeout: Duration::from_secs(5),
             max_client_hello_len: tollgate_wire::DEFAULT_MAX_CLIENT_HELLO_LEN,
             client_handshake_timeout: Duration::from_secs(10),
             upstream_connect_timeout: Duration::from_secs(10),
-            upstream_mark: Some(DEFAULT_UPSTREAM_MARK),
-            shutdown_grace: Duration::from_secs(30),
+            upstream_mark: Some(DEFAULT_SOCKET_MARK),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             enrich_identity: true,
         }
     }

@@ -384,6 +384,11 @@ impl SniGate {
         self
     }
 
+    /// The action for names no rule matches (`intercept.other_traffic`).
+    pub fn unlisted(&self) -> GateAction {
+        self.unlisted
+    }
+
     /// The first rule `host` matches.
     pub fn classify(&self, host: &str) -> Option<(GateAction, NameClass)> {
         self.rules

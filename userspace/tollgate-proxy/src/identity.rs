@@ -1,5 +1,7 @@
-//! Who opened a connection: the [`ProcessIdentity`] captured by the redirect hooks, the
-//! [`Redirects`] seam through which the proxy receives it, and enrichment from `/proc`.
+//! Who opened a connection: the [`ProcessIdentity`] captured by the redirect hooks (the type
+//! lives in `tollgate-identity`, shared with the Snowflake layer, the policy and the audit
+//! trail), the [`Redirects`] seam through which the proxy receives it, and enrichment from
+//! `/proc`.
 
 use std::fs;
 use std::io;
@@ -7,35 +9,11 @@ use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 use tokio::net::TcpStream;
 
-/// The process behind a redirected connection, as recorded at `connect()` time.
-///
-/// The first fields come from the eBPF hooks (the only place the process context exists);
-/// `exe` and `cgroup_path` are looked up later from `/proc` and may be missing if the process
-/// exited meanwhile.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ProcessIdentity {
-    /// Kernel thread id of the connecting thread.
-    pub pid: u32,
-    /// Thread-group id, i.e. the userspace process id.
-    pub tgid: u32,
-    /// Real user id.
-    pub uid: u32,
-    /// Real group id.
-    pub gid: u32,
-    /// Command name (`task->comm`, at most 15 bytes).
-    pub comm: String,
-    /// Executable path (`/proc/<tgid>/exe`), when it could be read.
-    pub exe: Option<String>,
-    /// cgroup v2 id (the inode number of the cgroup directory).
-    pub cgroup_id: u64,
-    /// cgroup v2 path relative to the cgroup2 mount, e.g. `/agents.slice/job-17.scope`.
-    pub cgroup_path: Option<String>,
-    /// Network namespace cookie.
-    pub netns_cookie: u64,
-}
+/// The process behind a redirected connection: the shared type, filled here (the redirect
+/// record through [`Redirects`], then [`ProcFs::enrich`]).
+pub use tollgate_identity::ProcessIdentity;
 
 /// Where the proxy learns what the redirect hooks knew about a connection.
 ///

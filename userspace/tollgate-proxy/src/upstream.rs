@@ -22,8 +22,9 @@ use crate::sockopt;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UpstreamTlsError {
-    /// The root file could not be read.
-    #[error("cannot read upstream root file {path}: {source}")]
+    /// The root file could not be read (the I/O error is the source, not in the message, so
+    /// that a printed chain carries it once).
+    #[error("cannot read upstream root file {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -387,4 +388,29 @@ async fn open_tunnel(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chain as a reporter prints it (anyhow's `{:#}`: each message, then its source's),
+    /// with no de-duplication: the os error must be in it once, after the file.
+    #[test]
+    fn a_missing_root_file_prints_its_os_error_once_in_the_chain() {
+        let Err(e) = UpstreamTls::from_pem_file("/nonexistent/roots.pem") else {
+            panic!("a missing file was read");
+        };
+        assert!(matches!(e, UpstreamTlsError::Read { .. }), "{e:?}");
+        let chain: Vec<String> =
+            std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                .map(ToString::to_string)
+                .collect();
+        let text = chain.join(": ");
+        assert_eq!(text.matches("os error 2").count(), 1, "{text}");
+        assert!(
+            text.starts_with("cannot read upstream root file /nonexistent/roots.pem: No such file"),
+            "{text}"
+        );
+    }
 }

@@ -331,6 +331,7 @@ async fn fail_closed_rejections_leave_other_connections_alone() {
     let config = support::test_config();
     let config = tollgate_proxy::ProxyConfig {
         gate: SniGate::snowflake_defaults(GateAction::Block),
+        other_protocols: GateAction::Block,
         peek_timeout: Duration::from_millis(300),
         ..config
     };
@@ -411,7 +412,7 @@ async fn fail_closed_rejections_leave_other_connections_alone() {
             record.close_reason
         );
         // Blocked by the gate: an unlisted name, or plain HTTP (other protocols are blocked
-        // by default).
+        // here).
         let expected = if *reason == "blocked_by_policy" || *reason == "not_tls" {
             Decision::Block
         } else {

@@ -27,8 +27,9 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use tokio::sync::mpsc;
+use tollgate_identity::ProcessIdentity;
 use tollgate_mask::rowset::ColumnCounts;
-use tollgate_proxy::{BodyError, ConnectionContext, ProcessIdentity, ProxyBody};
+use tollgate_proxy::{BodyError, ConnectionContext, ProxyBody};
 use tollgate_wire::snowflake::Secret;
 use tracing::{debug, info, warn};
 

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tollgate_identity::{ProcessIdentity, SnowflakeIdentity};
 use tollgate_policy::UseKind;
-use tollgate_proxy::ProcessIdentity;
 
 use crate::plan::{MaskedColumn, ResultPlan};
-use crate::session::{Session, SnowflakeIdentity};
+use crate::session::Session;
 
 /// One exchange's state, from its request to its response.
 #[derive(Debug)]
@@ -61,8 +61,9 @@ pub enum Expect {
     },
 }
 
-/// A statement on its way: what its result must be checked against.
-#[derive(Debug, Clone)]
+/// A statement on its way: what its result must be checked against. Moved (not cloned) into
+/// the rewrite job that runs on the blocking pool.
+#[derive(Debug)]
 pub struct StatementCtx {
     /// The session, when known.
     pub session: Option<Arc<Session>>,

@@ -75,8 +75,8 @@ pub struct Decided {
 /// Decides `statement` for `identity` under `policy`.
 pub fn decide(policy: &Arc<Policy>, identity: &Identity, statement: Statement<'_>) -> Decided {
     let ctx = NameContext {
-        database: identity.database.clone(),
-        schema: identity.schema.clone(),
+        database: identity.snowflake.database.clone(),
+        schema: identity.snowflake.schema.clone(),
     };
     let analysis = analyze(statement.sql, &ctx);
     let decision = policy.evaluate(&EvalInput {
@@ -189,8 +189,11 @@ rules:
 
     fn identity() -> Identity {
         Identity {
-            database: Some("CLINICAL".into()),
-            schema: Some("PUBLIC".into()),
+            snowflake: tollgate_identity::SnowflakeIdentity {
+                database: Some("CLINICAL".into()),
+                schema: Some("PUBLIC".into()),
+                ..Default::default()
+            },
             ..Default::default()
         }
     }

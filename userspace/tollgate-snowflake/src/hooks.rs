@@ -11,6 +11,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use tollgate_audit::Event;
+use tollgate_identity::Identity;
 use tollgate_policy::Policy;
 use tollgate_proxy::record::ConnectionRecord;
 use tollgate_proxy::{
@@ -32,14 +33,16 @@ use crate::context::{
 };
 use crate::decide::{decide, Allowed, Decided, Statement, Verdict};
 use crate::hold::{hold, Held};
-use crate::identify::{authority, bearer_token, policy_identity, presented_session, session_of};
+use crate::identify::{
+    authority, bearer_token, from_login, policy_identity, presented_session, session_of,
+};
 use crate::logging::{self, Record};
 use crate::observe;
 use crate::plan::Masking;
 use crate::pool::BlockingPool;
 use crate::reply::{full, text_reply, Api, Refusal, RefusalKind, Withheld, WithheldReason};
 use crate::rewrite::{process_result, ResultBody, ResultJob};
-use crate::session::{Session, SessionTable, SnowflakeIdentity};
+use crate::session::{Session, SessionTable};
 use crate::sql_api::{self, AllowedHandles, SqlApiIdentity};
 use crate::storage::StorageClient;
 
@@ -384,7 +387,7 @@ impl SnowflakeExchange {
                     }
                 };
                 // Phase 3: who logs in.
-                let request_identity = SnowflakeIdentity::from_login(&login);
+                let request_identity = from_login(&login);
                 // Phase 5: the attempt is durable before anything reaches Snowflake.
                 let events = layer.events_of(
                     conn,
@@ -626,7 +629,7 @@ impl SnowflakeExchange {
         &self,
         conn: &ConnectionContext,
         session: Option<&Arc<Session>>,
-        identity: &tollgate_policy::Identity,
+        identity: &Identity,
         statement: Statement<'_>,
         api: Option<&SqlApiIdentity>,
     ) -> Result<Allowed, Refusal> {
@@ -645,6 +648,7 @@ impl SnowflakeExchange {
             conn,
             Record::Statement {
                 session: session.map(|s| s.as_ref()),
+                who: identity,
                 sql: statement.sql,
                 decided: &decided,
                 api,
@@ -692,6 +696,8 @@ impl SnowflakeExchange {
     ) -> Response<ProxyBody> {
         let layer = self.layer.clone();
         let max = layer.config.max_inspected_response;
+        // What the record needs (two `Arc`s); the context itself moves into the rewrite job.
+        let (session, plan) = (st.session.clone(), st.plan.clone());
         let (parts, body) = response.into_parts();
         let (resp, outcome) = match body::collect_prefix(body, max).await {
             Err(e) => {
@@ -704,7 +710,7 @@ impl SnowflakeExchange {
                 (r, out)
             }
             Ok((raw, Some(rest))) => {
-                if st.plan.as_ref().is_none_or(|p| p.rewrites()) {
+                if plan.as_ref().is_none_or(|p| p.rewrites()) {
                     // A result Tollgate must rewrite but cannot inspect: withheld.
                     warn!(limit = max, "query result too large to inspect: withheld");
                     let mut out = ResultOutcome::new(ResultStatus::Withheld);
@@ -732,7 +738,7 @@ impl SnowflakeExchange {
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned),
                     limits: layer.config.response_limits(),
-                    statement: st.clone(),
+                    statement: st,
                     masking: layer.masking.clone(),
                     chunks: layer.chunks.clone(),
                     ticket_lifetime: layer.storage.as_ref().map(|s| s.config().ticket_lifetime),
@@ -772,8 +778,8 @@ impl SnowflakeExchange {
         let events = layer.events_of(
             conn,
             Record::Result {
-                session: st.session.as_deref(),
-                rule_id: st.plan.as_ref().map(|p| p.rule_id.as_str()),
+                session: session.as_deref(),
+                rule_id: plan.as_ref().map(|p| p.rule_id.as_str()),
                 outcome: &outcome,
                 duration_us: self.elapsed_us(),
             },

@@ -1,13 +1,14 @@
 //! Phase 3 — identify: who is asking. The Snowflake session comes from the token the request
 //! presents (looked up by digest), the process from the redirect record of the connection;
-//! together they form the policy's [`Identity`]. (Verified OIDC claims join here.)
+//! together they form the [`Identity`] (`tollgate-identity`) the policy decides on and the
+//! audit events record. (Verified OIDC claims join here.)
 
 use std::sync::Arc;
 
 use http::Request;
-use tollgate_policy::Identity;
+use tollgate_identity::{Claims, Identity, ProcessIdentity, SnowflakeIdentity};
 use tollgate_proxy::{ConnectionContext, ProxyBody};
-use tollgate_wire::snowflake::{parse_authorization, AuthToken, Secret};
+use tollgate_wire::snowflake::{parse_authorization, AuthToken, LoginRequest, Secret};
 
 use crate::session::{Session, SessionTable};
 use crate::sql_api::SqlApiIdentity;
@@ -59,33 +60,53 @@ pub fn authority(req: &Request<ProxyBody>, conn: &ConnectionContext) -> String {
         .unwrap_or_else(|| conn.sni.clone())
 }
 
-/// The identity the policy decides on: the Snowflake identity of the session (or of the SQL
-/// API token), the process that logged in (or behind this connection), and this host.
+/// Who a login request says logs in.
+pub fn from_login(login: &LoginRequest) -> SnowflakeIdentity {
+    SnowflakeIdentity {
+        account: login.account.clone(),
+        user: login.login_name.clone(),
+        role: login.role.clone(),
+        warehouse: login.warehouse.clone(),
+        database: login.database.clone(),
+        schema: login.schema.clone(),
+        authenticator: Some(login.authenticator.as_wire().to_owned()),
+        client: login.client_app_id.clone().map(|app| {
+            format!(
+                "{app} {}",
+                login.client_app_version.clone().unwrap_or_default()
+            )
+        }),
+    }
+}
+
+/// The process behind an exchange: the one that logged in (kept with the session), else the
+/// one behind this connection.
+pub fn process_of<'a>(
+    conn: &'a ConnectionContext,
+    session: Option<&'a Session>,
+) -> Option<&'a ProcessIdentity> {
+    session
+        .and_then(|s| s.process.as_deref())
+        .or(conn.process.as_deref())
+}
+
+/// The identity the policy decides on (and the audit records): the Snowflake identity of the
+/// session (or of the SQL API token), the process that logged in (or behind this connection),
+/// and this host.
 pub fn policy_identity(
     conn: &ConnectionContext,
     session: Option<&Session>,
     sql_api: Option<&SqlApiIdentity>,
     host: Option<&str>,
 ) -> Identity {
-    let sf = match sql_api {
+    let snowflake = match sql_api {
         Some(api) => api.snowflake.clone(),
         None => session.map(Session::identity).unwrap_or_default(),
     };
-    let process = session
-        .and_then(|s| s.process.clone())
-        .or_else(|| conn.process.clone());
     Identity {
-        account: sf.account,
-        user: sf.user,
-        role: sf.role,
-        warehouse: sf.warehouse,
-        database: sf.database,
-        schema: sf.schema,
-        uid: process.as_ref().map(|p| p.uid),
-        comm: process.as_ref().map(|p| p.comm.clone()),
-        exe: process.as_ref().and_then(|p| p.exe.clone()),
-        cgroup_path: process.as_ref().and_then(|p| p.cgroup_path.clone()),
+        snowflake,
+        process: process_of(conn, session).cloned(),
         host: host.map(str::to_owned),
-        claims: Default::default(),
+        claims: Claims::default(),
     }
 }

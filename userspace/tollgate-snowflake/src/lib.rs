@@ -64,6 +64,6 @@ pub use hooks::{LayerStats, SnowflakeExchange, SnowflakeHooks, StatsSnapshot};
 pub use plan::{MaskedColumn, Masking, ResultPlan};
 pub use reply::{Refusal, RefusalKind, Side, Withheld, WithheldReason, TOLLGATE_DENIED_CODE};
 pub use rewrite::RewriteReport;
-pub use session::{Session, SessionTable, SnowflakeIdentity};
+pub use session::{Session, SessionTable};
 pub use sql_api::SqlApiIdentity;
 pub use storage::{StorageClient, StorageConfig};

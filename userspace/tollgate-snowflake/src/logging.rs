@@ -4,18 +4,18 @@
 //! it in full) and what came of it — never tokens, keys, or result values beyond the rows a rule
 //! asks to record.
 
-use std::sync::Arc;
-
 use tollgate_audit::{Event, EventKind};
+use tollgate_identity::{Identity, ProcessIdentity, SnowflakeIdentity};
 use tollgate_proxy::record::{ConnectionRecord, Decision as GateDecision};
-use tollgate_proxy::{ConnectionContext, ProcessIdentity};
+use tollgate_proxy::ConnectionContext;
 
 use crate::chunks::{ChunkResult, ChunkTicket};
 use crate::context::{LoginOutcome, ResultOutcome};
 use crate::decide::Decided;
+use crate::identify::policy_identity;
 use crate::plan::counted;
 use crate::reply::{Refusal, TOLLGATE_DENIED_CODE};
-use crate::session::{Session, SnowflakeIdentity};
+use crate::session::Session;
 use crate::sql_api::SqlApiIdentity;
 
 /// Something that happened, to be recorded.
@@ -40,8 +40,10 @@ pub enum Record<'a> {
     },
     /// A statement was decided (a `query` and a `decision` event).
     Statement {
-        /// The session, when known.
+        /// The session, when known (the events' chain).
         session: Option<&'a Session>,
+        /// Who asked: the identity the policy decided on.
+        who: &'a Identity,
         /// The SQL text.
         sql: &'a str,
         /// The decision.
@@ -91,8 +93,8 @@ pub fn events(conn: &ConnectionContext, record: Record<'_>) -> Vec<Event> {
     match record {
         Record::ConnectionOpened => vec![connection_opened(conn)],
         Record::LoginAttempt { request } => {
-            let mut e = event(EventKind::Login, conn, None);
-            with_snowflake(&mut e, request);
+            let who = login_identity(request, conn.process.as_deref());
+            let mut e = event(EventKind::Login, conn, None, &who);
             e.decision = "attempt".into();
             if let Some(a) = &request.authenticator {
                 e.attrs.insert("authenticator".into(), a.clone());
@@ -105,7 +107,7 @@ pub fn events(conn: &ConnectionContext, record: Record<'_>) -> Vec<Event> {
             outcome,
         } => match outcome {
             LoginOutcome::Started(session) => {
-                let mut e = event(EventKind::Login, conn, Some(session));
+                let mut e = session_event(EventKind::Login, conn, Some(session));
                 e.decision = "ok".into();
                 if let Some(a) = &request.authenticator {
                     e.attrs.insert("authenticator".into(), a.clone());
@@ -116,9 +118,13 @@ pub fn events(conn: &ConnectionContext, record: Record<'_>) -> Vec<Event> {
                 vec![e]
             }
             LoginOutcome::Failed { code, message } => {
-                let mut e = event(EventKind::Login, conn, None);
-                with_process(&mut e, process);
-                with_snowflake(&mut e, request);
+                let process = process.or(conn.process.as_deref());
+                let mut e = event(
+                    EventKind::Login,
+                    conn,
+                    None,
+                    &login_identity(request, process),
+                );
                 e.decision = "failed".into();
                 e.error_code.clone_from(code);
                 e.reason.clone_from(message);
@@ -127,16 +133,17 @@ pub fn events(conn: &ConnectionContext, record: Record<'_>) -> Vec<Event> {
         },
         Record::Statement {
             session,
+            who,
             sql,
             decided,
             api,
-        } => statement(conn, session, sql, decided, api),
+        } => statement(conn, session, who, sql, decided, api),
         Record::Refused {
             session,
             endpoint,
             refusal,
         } => {
-            let mut e = event(EventKind::Error, conn, session);
+            let mut e = session_event(EventKind::Error, conn, session);
             e.decision = "refused".into();
             e.reason.clone_from(&refusal.message);
             e.error_code = TOLLGATE_DENIED_CODE.into();
@@ -151,7 +158,7 @@ pub fn events(conn: &ConnectionContext, record: Record<'_>) -> Vec<Event> {
             outcome,
             duration_us,
         } => {
-            let mut e = event(EventKind::Result, conn, session);
+            let mut e = session_event(EventKind::Result, conn, session);
             e.query_id = outcome.query_id.clone().unwrap_or_default();
             e.decision = outcome.status.name().to_owned();
             e.rule_id = rule_id.unwrap_or_default().to_owned();
@@ -178,7 +185,7 @@ pub fn events(conn: &ConnectionContext, record: Record<'_>) -> Vec<Event> {
             vec![e]
         }
         Record::Logout { session } => {
-            let mut e = event(EventKind::SessionEnd, conn, Some(session));
+            let mut e = session_event(EventKind::SessionEnd, conn, Some(session));
             e.decision = "logout".into();
             vec![e]
         }
@@ -187,7 +194,7 @@ pub fn events(conn: &ConnectionContext, record: Record<'_>) -> Vec<Event> {
             result,
             duration_us,
         } => {
-            let mut e = event(EventKind::Chunk, conn, Some(&ticket.session));
+            let mut e = session_event(EventKind::Chunk, conn, Some(&ticket.session));
             e.query_id.clone_from(&ticket.query_id);
             e.rows = ticket.rows;
             e.bytes = ticket.bytes;
@@ -210,17 +217,19 @@ pub fn events(conn: &ConnectionContext, record: Record<'_>) -> Vec<Event> {
     }
 }
 
-/// The `query` and `decision` events of a decided statement.
+/// The `query` and `decision` events of a decided statement, about `who` the policy decided
+/// for (for the SQL API, the identity the request carries).
 fn statement(
     conn: &ConnectionContext,
     session: Option<&Session>,
+    who: &Identity,
     sql: &str,
     decided: &Decided,
     api: Option<&SqlApiIdentity>,
 ) -> Vec<Event> {
     let decision = &decided.decision;
     let kind_names = decided.kinds.join(",");
-    let mut q = event(EventKind::Query, conn, session);
+    let mut q = event(EventKind::Query, conn, session, who);
     if decision.record.sql_full {
         sql.clone_into(&mut q.sql);
         q.sql_full = true;
@@ -233,12 +242,8 @@ fn statement(
     if let Some(api) = api {
         q.attrs.insert("api".into(), "sql_api".into());
         q.attrs.insert("identity_source".into(), api.source.clone());
-        with_snowflake(&mut q, &api.snowflake);
     }
-    let mut d = event(EventKind::Decision, conn, session);
-    if let Some(api) = api {
-        with_snowflake(&mut d, &api.snowflake);
-    }
+    let mut d = event(EventKind::Decision, conn, session, who);
     d.rule_id.clone_from(&decision.rule_id);
     d.decision = decision.action.name().to_owned();
     d.statement_kind = kind_names;
@@ -262,43 +267,45 @@ fn statement(
     vec![q, d]
 }
 
-/// An event of `kind` for this connection and session, with the process and Snowflake
-/// identity filled in.
-fn event(kind: EventKind, conn: &ConnectionContext, session: Option<&Session>) -> Event {
+/// An event of `kind` on this connection, in the session's chain (else the connection's), about
+/// `who`.
+fn event(
+    kind: EventKind,
+    conn: &ConnectionContext,
+    session: Option<&Session>,
+    who: &Identity,
+) -> Event {
     let chain = session
         .map(|s| s.id.clone())
         .unwrap_or_else(|| Event::connection_chain(&conn.id));
     let mut e = Event::new(kind, chain);
     e.connection_id.clone_from(&conn.id);
-    let process: Option<Arc<ProcessIdentity>> = session
-        .and_then(|s| s.process.clone())
-        .or_else(|| conn.process.clone());
-    with_process(&mut e, process.as_deref());
-    if let Some(s) = session {
-        with_snowflake(&mut e, &s.identity());
-    }
+    e.with_identity(who);
     e
 }
 
-/// Fills the process fields.
-fn with_process(e: &mut Event, p: Option<&ProcessIdentity>) {
-    if let Some(p) = p {
-        e.pid = Some(p.tgid);
-        e.uid = Some(p.uid);
-        e.comm.clone_from(&p.comm);
-        e.exe = p.exe.clone().unwrap_or_default();
-        e.cgroup = p.cgroup_path.clone().unwrap_or_default();
+/// An event of `kind` about the session (its Snowflake identity, the process that logged in)
+/// or, without one, about the connection's process.
+fn session_event(kind: EventKind, conn: &ConnectionContext, session: Option<&Session>) -> Event {
+    let who = policy_identity(conn, session, None, None);
+    event(kind, conn, session, &who)
+}
+
+/// Who a login request says logs in, from `process`.
+fn login_identity(request: &SnowflakeIdentity, process: Option<&ProcessIdentity>) -> Identity {
+    Identity {
+        snowflake: request.clone(),
+        process: process.cloned(),
+        ..Identity::default()
     }
 }
 
-/// Fills the Snowflake identity fields.
-fn with_snowflake(e: &mut Event, id: &SnowflakeIdentity) {
-    e.sf_account = id.account.clone().unwrap_or_default();
-    e.sf_user = id.user.clone().unwrap_or_default();
-    e.sf_role = id.role.clone().unwrap_or_default();
-    e.sf_warehouse = id.warehouse.clone().unwrap_or_default();
-    e.sf_database = id.database.clone().unwrap_or_default();
-    e.sf_schema = id.schema.clone().unwrap_or_default();
+/// Who a connection event is about: the connection's process only.
+fn process_identity(process: Option<&ProcessIdentity>) -> Identity {
+    Identity {
+        process: process.cloned(),
+        ..Identity::default()
+    }
 }
 
 /// The `connection` event of an intercepted connection, at accept.
@@ -310,7 +317,7 @@ fn connection_opened(ctx: &ConnectionContext) -> Event {
         .attr("gate", "intercept");
     e.connection_id.clone_from(&ctx.id);
     e.decision = "intercept".into();
-    with_process(&mut e, ctx.process.as_deref());
+    e.with_identity(&process_identity(ctx.process.as_deref()));
     e
 }
 
@@ -319,6 +326,7 @@ fn connection_opened(ctx: &ConnectionContext) -> Event {
 /// connections (passed through, rejected before the gate) are in the connection records only.
 pub fn connection_closed_events(r: &ConnectionRecord) -> Vec<Event> {
     let chain = Event::connection_chain(&r.id);
+    let who = process_identity(r.process.as_ref());
     let mut out = Vec::new();
     if r.decision == GateDecision::Block {
         let mut open = Event::new(EventKind::Connection, chain.clone())
@@ -332,7 +340,7 @@ pub fn connection_closed_events(r: &ConnectionRecord) -> Vec<Event> {
         }
         open.connection_id.clone_from(&r.id);
         open.decision = "block".into();
-        with_process(&mut open, r.process.as_ref());
+        open.with_identity(&who);
         out.push(open);
     } else if r.decision != GateDecision::Intercept {
         return out;
@@ -345,7 +353,7 @@ pub fn connection_closed_events(r: &ConnectionRecord) -> Vec<Event> {
     close.connection_id.clone_from(&r.id);
     close.reason = r.close_reason.to_string();
     close.duration_us = r.duration_ms.saturating_mul(1000);
-    with_process(&mut close, r.process.as_ref());
+    close.with_identity(&who);
     out.push(close);
     out
 }

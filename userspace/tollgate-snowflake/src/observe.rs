@@ -6,16 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tollgate_identity::{ProcessIdentity, SnowflakeIdentity};
 use tollgate_policy::UseKind;
-use tollgate_proxy::ProcessIdentity;
 use tollgate_wire::snowflake::{LoginResponse, QueryResponse, TokenResponse};
 use tracing::info;
 
 use crate::chunks::ChunkStore;
 use crate::context::LoginOutcome;
-use crate::session::{
-    Session, SessionTable, SnowflakeIdentity, DEFAULT_MASTER_VALIDITY, DEFAULT_SESSION_VALIDITY,
-};
+use crate::session::{Session, SessionTable, DEFAULT_MASTER_VALIDITY, DEFAULT_SESSION_VALIDITY};
 use crate::sql_api::{response_handles, AllowedHandles};
 
 /// A validity in seconds as Snowflake sent it, or `default`.

@@ -6,61 +6,18 @@
 //! recognise a token a driver presents again and useless to anyone reading memory dumps or logs.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tollgate_proxy::ProcessIdentity;
+use tollgate_identity::{ProcessIdentity, SnowflakeIdentity};
 
 use crate::plan::ResultPlan;
 use crate::sync::lock;
 
 /// Result plans remembered per session (for `GET /queries/<qid>/result`).
 const MAX_RESULT_PLANS: usize = 1024;
-
-/// The Snowflake identity of a session, kept current through `USE …` and the `final*Name`
-/// fields of responses.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct SnowflakeIdentity {
-    /// Account name as the driver sent it at login.
-    pub account: Option<String>,
-    /// Login name.
-    pub user: Option<String>,
-    /// Current role.
-    pub role: Option<String>,
-    /// Current warehouse.
-    pub warehouse: Option<String>,
-    /// Current database.
-    pub database: Option<String>,
-    /// Current schema.
-    pub schema: Option<String>,
-    /// Authenticator used at login (`SNOWFLAKE`, `OAUTH`, `SNOWFLAKE_JWT`, …).
-    pub authenticator: Option<String>,
-    /// Driver (`PythonConnector 4.8.1`, `JavaScript 3.3.0`, …).
-    pub client: Option<String>,
-}
-
-impl SnowflakeIdentity {
-    /// Who a login request says logs in.
-    pub fn from_login(login: &tollgate_wire::snowflake::LoginRequest) -> Self {
-        SnowflakeIdentity {
-            account: login.account.clone(),
-            user: login.login_name.clone(),
-            role: login.role.clone(),
-            warehouse: login.warehouse.clone(),
-            database: login.database.clone(),
-            schema: login.schema.clone(),
-            authenticator: Some(login.authenticator.as_wire().to_owned()),
-            client: login.client_app_id.clone().map(|app| {
-                format!(
-                    "{app} {}",
-                    login.client_app_version.clone().unwrap_or_default()
-                )
-            }),
-        }
-    }
-}
 
 /// One Snowflake session.
 #[derive(Debug)]
@@ -77,6 +34,8 @@ pub struct Session {
     /// The latest expiry of any of its tokens, in milliseconds after `created`.
     live_until_ms: AtomicU64,
     ended: AtomicBool,
+    /// Its entries in the table (changed only under the table's lock).
+    tokens: AtomicUsize,
 }
 
 impl Session {
@@ -160,10 +119,46 @@ struct Entry {
     expires: Instant,
 }
 
+/// The token map and how many sessions it holds, under one lock.
+#[derive(Default)]
+struct Tokens {
+    map: HashMap<[u8; 32], Entry>,
+    /// Sessions with at least one entry in `map`.
+    sessions: usize,
+}
+
+impl Tokens {
+    /// Counts a new entry of `session` (call before inserting it).
+    fn add(&mut self, session: &Session) {
+        if session.tokens.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.sessions += 1;
+        }
+    }
+
+    /// Counts an entry of `session` gone (call for every entry removed or replaced).
+    fn forget(sessions: &mut usize, session: &Session) {
+        if session.tokens.fetch_sub(1, Ordering::Relaxed) == 1 {
+            *sessions -= 1;
+        }
+    }
+
+    /// Keeps the entries `keep` says, counting the others gone.
+    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
+        let Tokens { map, sessions } = self;
+        map.retain(|_, e| {
+            let kept = keep(e);
+            if !kept {
+                Self::forget(sessions, &e.session);
+            }
+            kept
+        });
+    }
+}
+
 /// Sessions by token digest (session token and master token both map to the session).
 #[derive(Default)]
 pub struct SessionTable {
-    by_token: Mutex<HashMap<[u8; 32], Entry>>,
+    by_token: Mutex<Tokens>,
     next: AtomicU64,
 }
 
@@ -172,7 +167,7 @@ impl std::fmt::Debug for SessionTable {
         f.debug_struct("SessionTable")
             .field(
                 "tokens",
-                &self.by_token.lock().map(|m| m.len()).unwrap_or(0),
+                &self.by_token.lock().map(|t| t.map.len()).unwrap_or(0),
             )
             .finish()
     }
@@ -218,6 +213,7 @@ impl SessionTable {
             master_validity,
             live_until_ms: AtomicU64::new(0),
             ended: AtomicBool::new(false),
+            tokens: AtomicUsize::new(0),
         });
         for (token, validity) in tokens {
             self.register(token, &session, *validity);
@@ -233,23 +229,26 @@ impl SessionTable {
         let now = Instant::now();
         let expires = now + validity + TOKEN_GRACE;
         session.live_until(expires);
-        let mut map = lock(&self.by_token);
-        if map.len() >= MAX_TOKENS {
-            map.retain(|_, e| e.expires > now);
+        let mut tokens = lock(&self.by_token);
+        if tokens.map.len() >= MAX_TOKENS {
+            tokens.retain(|e| e.expires > now);
         }
-        map.insert(
-            digest(token),
-            Entry {
-                session: session.clone(),
-                expires,
-            },
-        );
+        tokens.add(session);
+        let entry = Entry {
+            session: session.clone(),
+            expires,
+        };
+        if let Some(old) = tokens.map.insert(digest(token), entry) {
+            Tokens::forget(&mut tokens.sessions, &old.session);
+        }
     }
 
     /// The session a token belongs to.
     pub fn get(&self, token: &str) -> Option<Arc<Session>> {
-        let map = lock(&self.by_token);
-        map.get(&digest(token))
+        let tokens = lock(&self.by_token);
+        tokens
+            .map
+            .get(&digest(token))
             .filter(|e| e.expires > Instant::now())
             .map(|e| e.session.clone())
     }
@@ -263,17 +262,13 @@ impl SessionTable {
     /// Forgets every token of `session` (logout).
     pub fn remove(&self, session: &Arc<Session>) {
         session.ended.store(true, Ordering::Relaxed);
-        let mut map = lock(&self.by_token);
-        map.retain(|_, e| !Arc::ptr_eq(&e.session, session));
+        lock(&self.by_token).retain(|e| !Arc::ptr_eq(&e.session, session));
     }
 
-    /// Number of live sessions.
+    /// Number of sessions in the table: those with a token registered (a logged-out session
+    /// is gone at once, an expired one when its tokens are evicted). O(1): a kept count.
     pub fn len(&self) -> usize {
-        let map = lock(&self.by_token);
-        let mut ids: Vec<&str> = map.values().map(|e| e.session.id.as_str()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids.len()
+        lock(&self.by_token).sessions
     }
 
     /// Whether no session is live.
@@ -312,6 +307,37 @@ mod tests {
         assert!(t.get("session-token").is_none() && t.get("renewed").is_none());
         assert!(t.is_empty());
         assert!(!t.is_live(&s), "a logged-out session is not live");
+    }
+
+    #[test]
+    fn the_session_count_follows_the_tokens() {
+        let t = SessionTable::default();
+        let new = |tokens: &[(&str, Duration)]| {
+            t.create(
+                SnowflakeIdentity::default(),
+                None,
+                tokens,
+                DEFAULT_MASTER_VALIDITY,
+            )
+        };
+        let a = new(&[
+            ("a1", Duration::from_secs(60)),
+            ("a2", Duration::from_secs(60)),
+        ]);
+        let b = new(&[("b1", Duration::from_secs(60))]);
+        let _none = new(&[]);
+        assert_eq!(t.len(), 2, "a session without a token is not counted");
+        t.register("a1", &a, Duration::from_secs(60));
+        assert_eq!(t.len(), 2, "the same token again");
+        // A token digest taken over by another session: b keeps one token, a loses one.
+        t.register("a2", &b, Duration::from_secs(60));
+        assert_eq!(t.len(), 2);
+        t.register("a1", &b, Duration::from_secs(60));
+        assert_eq!(t.len(), 1, "a has no token left");
+        t.remove(&b);
+        assert!(t.is_empty());
+        t.register("a3", &a, Duration::from_secs(60));
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tollgate_identity::SnowflakeIdentity;
 use tollgate_wire::snowflake::StatementRequest;
 
-use crate::session::SnowflakeIdentity;
 use crate::sync::lock;
 
 /// How a SQL API request says who it is (`X-Snowflake-Authorization-Token-Type`).

@@ -893,20 +893,25 @@ async fn chunks_are_served_masked_to_the_process_that_logged_in_over_pooled_conn
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
 
-/// Chunk events are recorded when the stream ends, after the response: wait for them.
+/// Chunk events are recorded when the stream ends, after the response: wait for them — woken by
+/// the spool each time more events are durable (`Spool::durable`), never by a timer.
 async fn wait_for_events(layer: &Layer, kind: EventKind, n: usize) -> Vec<Event> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut durable = layer.spool.durable();
     loop {
-        let found = layer.events_of(kind).await;
+        // Seen before reading: events made durable after this point wake the wait below.
+        durable.borrow_and_update();
+        let found: Vec<Event> = tollgate_audit::spool::read_all(&layer.dir.path().join("spool"))
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .collect();
         if found.len() >= n {
             return found;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} {kind:?} events after 10 s",
-            found.len()
-        );
-        tokio::task::yield_now().await;
-        layer.spool.flush().await;
+        match tokio::time::timeout_at(deadline, durable.changed()).await {
+            Ok(changed) => changed.expect("the spool writer stopped"),
+            Err(_) => panic!("only {} {kind:?} events after 10 s", found.len()),
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The layout the architecture promises, checked on the sources: the layer's modules import
-//! each other without cycles (phases read in order, leaves depend on nothing), and the generic
-//! proxy names no Snowflake type.
+//! each other without cycles (phases read in order, leaves depend on nothing), the generic
+//! proxy names no Snowflake type, and the identity types (`tollgate-identity`) and the audit
+//! trail sit below the data path.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -100,4 +101,62 @@ fn the_generic_proxy_names_no_snowflake_type() {
     ] {
         assert!(!manifest.contains(dep), "tollgate-proxy depends on {dep}");
     }
+}
+
+/// The Tollgate crates a manifest depends on (any dependency table), by package name.
+fn tollgate_deps(manifest: &str) -> BTreeSet<String> {
+    manifest
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| l.starts_with("tollgate-") && l.contains('='))
+        .map(|l| l.split(['=', ' ', '.']).next().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[test]
+fn the_identity_types_depend_on_no_other_tollgate_crate() {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tollgate-identity");
+    let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
+    let deps = tollgate_deps(&manifest);
+    assert!(deps.is_empty(), "tollgate-identity depends on {deps:?}");
+    for (name, text) in sources(&crate_dir.join("src")) {
+        let code: String = text
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .collect();
+        assert!(
+            !code.contains("tollgate_"),
+            "tollgate-identity/src/{name}.rs names another Tollgate crate"
+        );
+    }
+    // And the layers above share it rather than their own copies.
+    for user in [
+        "tollgate-proxy",
+        "tollgate-policy",
+        "tollgate-audit",
+        "tollgate-snowflake",
+    ] {
+        let manifest = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../{user}/Cargo.toml")),
+        )
+        .unwrap();
+        assert!(
+            tollgate_deps(&manifest).contains("tollgate-identity"),
+            "{user} does not depend on tollgate-identity"
+        );
+    }
+}
+
+#[test]
+fn the_audit_trail_depends_on_no_data_path_crate() {
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tollgate-audit/Cargo.toml"),
+    )
+    .unwrap();
+    let deps = tollgate_deps(&manifest);
+    assert_eq!(
+        deps,
+        BTreeSet::from(["tollgate-identity".to_owned()]),
+        "tollgate-audit's Tollgate dependencies"
+    );
 }

@@ -19,9 +19,11 @@
 //!    checks passed.
 //!
 //! Every default is defined once: here for the daemon's own settings, or in the crate that
-//! owns the value and taken from there (the proxy's limits and listeners, the gate's name
-//! patterns, the socket mark and pin directory in the loader, the Snowflake layer's body,
-//! response and chunk limits, the ClickHouse sink's settings).
+//! owns the value and taken from there (the proxy's limits, listeners, shutdown grace and
+//! actions for other traffic, the gate's name patterns, the socket mark in the kernel/user ABI
+//! (`tollgate-common`, re-exported by the loader and the proxy), the pin directory in the
+//! loader, the Snowflake layer's body, response and chunk limits, the ClickHouse sink's
+//! settings). A test holds them to what docs/settings.md shows.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -58,9 +60,6 @@ pub use tollgate_bpf::DEFAULT_SOCKET_MARK;
 pub use tollgate_proxy::config::DEFAULT_PORT as DEFAULT_LISTEN_PORT;
 /// The cgroup Tollgate moves itself into by default (relative to the cgroup2 mount).
 pub const DEFAULT_PROXY_CGROUP: &str = "tollgate";
-/// How long `tollgate run` lets open connections drain after SIGTERM/SIGINT by default. The
-/// daemon's own value: the proxy library's default is meant for embedders.
-pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 
 /// The names Tollgate terminates TLS for when no list is configured: Snowflake's public,
 /// China and PrivateLink endpoints.
@@ -296,6 +295,24 @@ impl ClickHouseSection {
         if self.retention_days == 0 {
             p.add(format!("{at}.retention_days"), "must be at least 1");
         }
+        // The names the sink writes into SQL, checked by the sink's own rule
+        // (`ClickHouseConfig::validate`), each reported under its setting.
+        for (field, message) in self.names_only().invalid_names() {
+            p.add(format!("{at}.{field}"), message);
+        }
+    }
+
+    /// The sink configuration without the passwords (no I/O), for the checks.
+    fn names_only(&self) -> ClickHouseConfig {
+        let mut c = ClickHouseConfig::new(self.url.clone());
+        c.database.clone_from(&self.database);
+        c.user.clone_from(&self.user);
+        c.admin_user.clone_from(&self.admin_user);
+        c.create_writer = self.create_writer;
+        c.retention_days = self.retention_days;
+        c.batch_max = self.batch_max;
+        c.cluster.clone_from(&self.cluster);
+        c
     }
 
     /// The sink configuration, passwords read from their files (the first line of each).
@@ -322,16 +339,9 @@ impl ClickHouseSection {
         };
         let password = read("password_file", &self.password_file);
         let admin_password = read("admin_password_file", &self.admin_password_file);
-        let mut c = ClickHouseConfig::new(self.url.clone());
-        c.database.clone_from(&self.database);
-        c.user.clone_from(&self.user);
+        let mut c = self.names_only();
         c.password = password;
-        c.admin_user.clone_from(&self.admin_user);
         c.admin_password = admin_password;
-        c.create_writer = self.create_writer;
-        c.retention_days = self.retention_days;
-        c.batch_max = self.batch_max;
-        c.cluster.clone_from(&self.cluster);
         c
     }
 }
@@ -664,20 +674,32 @@ pub struct InterceptSection {
 }
 
 impl Default for InterceptSection {
+    /// The gate's name lists and the proxy's actions for other traffic
+    /// ([`ProxyConfig::default`]).
     fn default() -> Self {
+        let proxy = ProxyConfig::default();
         InterceptSection {
             patterns: DEFAULT_INTERCEPT.iter().map(|s| s.to_string()).collect(),
             storage_hosts: DEFAULT_STORAGE.iter().map(|s| s.to_string()).collect(),
             snowflake_addresses: Vec::new(),
             passthrough: Vec::new(),
-            other_traffic: OtherTraffic::Passthrough,
-            other_protocols: OtherTraffic::Passthrough,
-            server_first_ms: millis(ProxyConfig::default().server_first_after),
+            other_traffic: OtherTraffic::of(proxy.gate.unlisted()),
+            other_protocols: OtherTraffic::of(proxy.other_protocols),
+            server_first_ms: millis(proxy.server_first_after),
         }
     }
 }
 
 impl OtherTraffic {
+    /// The setting that stands for a default action of the proxy (intercepting is no choice
+    /// for other traffic: it reads as blocking, the fail-closed side).
+    fn of(action: GateAction) -> Self {
+        match action {
+            GateAction::Passthrough => OtherTraffic::Passthrough,
+            GateAction::Block | GateAction::Intercept => OtherTraffic::Block,
+        }
+    }
+
     /// The gate action it stands for.
     pub fn action(self) -> GateAction {
         match self {
@@ -759,8 +781,7 @@ pub struct LimitsSection {
 }
 
 impl Default for LimitsSection {
-    /// The proxy's defaults ([`ProxyConfig::default`]), but the daemon's own shutdown grace
-    /// ([`DEFAULT_SHUTDOWN_GRACE_MS`]).
+    /// The proxy's defaults ([`ProxyConfig::default`]).
     fn default() -> Self {
         let proxy = ProxyConfig::default();
         LimitsSection {
@@ -768,7 +789,7 @@ impl Default for LimitsSection {
             peek_timeout_ms: millis(proxy.peek_timeout),
             max_client_hello_bytes: proxy.max_client_hello_len,
             upstream_connect_timeout_ms: millis(proxy.upstream_connect_timeout),
-            shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
+            shutdown_grace_ms: millis(proxy.shutdown_grace),
         }
     }
 }
@@ -1504,6 +1525,16 @@ snowflake:
                     })
                 }),
             ),
+            (
+                "audit.clickhouse.database",
+                Box::new(|c| {
+                    c.audit.clickhouse = Some(ClickHouseSection {
+                        url: "http://127.0.0.1:8123".into(),
+                        database: "tollgate; DROP".into(),
+                        ..ClickHouseSection::default()
+                    })
+                }),
+            ),
         ];
         for (field, mutate) in cases {
             let mut c = with_cgroup();
@@ -1636,6 +1667,42 @@ snowflake:
         assert_eq!(text.matches("os error 2").count(), 4, "{text}");
     }
 
+    /// The names the ClickHouse sink writes into SQL are checked by its own rule
+    /// (`ClickHouseConfig::validate`) with the other settings, each under its setting, before
+    /// anything is read or sent.
+    #[test]
+    fn bad_clickhouse_names_are_reported_with_the_other_problems() {
+        let mut c = with_cgroup();
+        c.limits.max_connections = 0;
+        c.audit.clickhouse = Some(ClickHouseSection {
+            url: "http://127.0.0.1:8123".into(),
+            database: "tollgate`; DROP DATABASE tollgate; --".into(),
+            cluster: Some("main cluster".into()),
+            user: "writer@corp".into(),
+            create_writer: true,
+            ..ClickHouseSection::default()
+        });
+        let e = c.validate().unwrap_err();
+        assert_eq!(
+            fields(&e),
+            [
+                "audit.clickhouse.database",
+                "audit.clickhouse.cluster",
+                "audit.clickhouse.user",
+                "limits.max_connections",
+            ]
+        );
+        let text = e.to_string();
+        assert!(text.contains("is not a usable database name"), "{text}");
+        // The writer's name is written into SQL only when Tollgate creates it.
+        let ch = c.audit.clickhouse.as_mut().unwrap();
+        ch.create_writer = false;
+        ch.database = "tollgate_audit-2.prod".into();
+        ch.cluster = None;
+        c.limits = LimitsSection::default();
+        c.validate().unwrap();
+    }
+
     #[test]
     fn a_policy_that_does_not_compile_is_listed_with_all_its_errors() {
         let dir = tempfile::tempdir().unwrap();
@@ -1680,7 +1747,7 @@ snowflake:
         assert_eq!(s.proxy.upstream_mark, Some(DEFAULT_SOCKET_MARK));
         assert_eq!(
             s.proxy.shutdown_grace,
-            Duration::from_millis(DEFAULT_SHUTDOWN_GRACE_MS)
+            tollgate_proxy::config::DEFAULT_SHUTDOWN_GRACE
         );
     }
 
@@ -1787,6 +1854,13 @@ audit:
         assert_eq!(c.limits.max_connections, proxy.max_connections);
         assert_eq!(c.limits.max_client_hello_bytes, proxy.max_client_hello_len);
         assert_eq!(
+            Duration::from_millis(c.limits.shutdown_grace_ms),
+            proxy.shutdown_grace
+        );
+        assert_eq!(proxy.upstream_mark, Some(tollgate_bpf::DEFAULT_SOCKET_MARK));
+        assert_eq!(c.intercept.other_protocols.action(), proxy.other_protocols);
+        assert_eq!(c.intercept.other_traffic.action(), proxy.gate.unlisted());
+        assert_eq!(
             Duration::from_millis(c.intercept.server_first_ms),
             proxy.server_first_after
         );
@@ -1808,5 +1882,29 @@ audit:
             ),
             (ch.database, ch.user, ch.batch_max, ch.retention_days)
         );
+    }
+
+    /// docs/settings.md shows every setting with its default ("The values above are the
+    /// defaults, except where the example fills in settings that have none"): parsed, and those
+    /// few put back to their defaults, it is `Config::default()`.
+    #[test]
+    fn the_defaults_are_the_ones_docs_settings_md_promises() {
+        let doc = include_str!("../../../docs/settings.md");
+        let start = doc.find("```yaml\n").expect("the settings block") + "```yaml\n".len();
+        let len = doc[start..].find("```").expect("its end");
+        let mut documented = Config::from_yaml(&doc[start..start + len]).unwrap();
+        // The settings the example fills in although they have no default.
+        assert!(!documented.redirect.cgroups.is_empty() && documented.policy.is_some());
+        assert!(documented.audit.clickhouse.is_some());
+        documented.redirect.cgroups.clear();
+        documented.policy = None;
+        documented.audit.clickhouse = None;
+        let json = |c: &Config| serde_json::to_value(c).unwrap();
+        assert_eq!(json(&documented), json(&Config::default()));
+        // The ones the review found defined twice, by value.
+        let d = Config::default();
+        assert_eq!(d.redirect.socket_mark, 0x746f_6c6c);
+        assert_eq!(d.intercept.other_protocols, OtherTraffic::Passthrough);
+        assert_eq!(d.limits.shutdown_grace_ms, 10_000);
     }
 }

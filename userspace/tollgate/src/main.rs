@@ -94,9 +94,9 @@ enum CaCommand {
 /// `tollgate run` flags; each overrides the matching config-file setting.
 #[derive(Args, Debug, Default)]
 pub struct RunArgs {
-    /// YAML configuration file (see README); flags override its settings. Relative paths in
-    /// the file are relative to the file's directory; relative paths given as flags, to the
-    /// working directory.
+    /// YAML configuration file (every setting, its default and flag: docs/settings.md); flags
+    /// override its settings. Relative paths in the file are relative to the file's directory;
+    /// relative paths given as flags, to the working directory.
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// cgroup v2 directory whose processes are redirected (repeatable; replaces the file's list).

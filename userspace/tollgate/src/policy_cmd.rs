@@ -2,13 +2,15 @@
 //! a statement and an identity (without a running daemon), and make the running daemon reload
 //! its policy ([`crate::reload`]).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use sha2::{Digest as _, Sha256};
-use tollgate_policy::{analyze, EvalInput, Identity, NameContext, Policy, PolicyError};
+use tollgate_policy::{
+    analyze, Claims, EvalInput, Identity, NameContext, Policy, PolicyError, ProcessIdentity,
+    SnowflakeIdentity,
+};
 
 use crate::output::error_chain;
 
@@ -63,17 +65,18 @@ pub struct ExplainArgs {
     /// Current schema.
     #[arg(long)]
     schema: Option<String>,
-    /// Process uid.
-    #[arg(long)]
+    /// Process uid (with --comm: a process is known with both, or not at all).
+    #[arg(long, requires = "comm")]
     uid: Option<u32>,
-    /// Process comm.
-    #[arg(long)]
+    /// Process comm (with --uid).
+    #[arg(long, requires = "uid")]
     comm: Option<String>,
-    /// Process executable path.
-    #[arg(long)]
+    /// Process executable path (with --uid and --comm).
+    #[arg(long, requires_all = ["uid", "comm"])]
     exe: Option<String>,
-    /// Process cgroup path (relative to the cgroup2 mount, e.g. /agents.slice/job.scope).
-    #[arg(long)]
+    /// Process cgroup path (relative to the cgroup2 mount, e.g. /agents.slice/job.scope; with
+    /// --uid and --comm).
+    #[arg(long, requires_all = ["uid", "comm"])]
     cgroup: Option<String>,
     /// Host name.
     #[arg(long)]
@@ -167,30 +170,41 @@ pub fn run(cmd: PolicyCommand) -> Result<()> {
         PolicyCommand::Explain(a) => {
             let a = *a;
             let policy = load_policy_file(&a.policy)?.policy;
-            let mut claims = BTreeMap::new();
+            let mut claims = Claims::default();
             for c in &a.claims {
                 let (k, v) = c
                     .split_once('=')
                     .with_context(|| format!("--claim {c}: expected NAME=VALUE"))?;
-                claims.insert(k.to_owned(), v.to_owned());
+                claims.insert(k, v);
             }
+            // clap makes --uid and --comm come together, and --exe and --cgroup need both.
+            let process = match (a.uid, a.comm) {
+                (Some(uid), Some(comm)) => Some(ProcessIdentity {
+                    uid,
+                    comm,
+                    exe: a.exe,
+                    cgroup_path: a.cgroup,
+                    ..ProcessIdentity::default()
+                }),
+                _ => None,
+            };
             let identity = Identity {
-                account: a.account,
-                user: a.user,
-                role: a.role,
-                warehouse: a.warehouse,
-                database: a.database,
-                schema: a.schema,
-                uid: a.uid,
-                comm: a.comm,
-                exe: a.exe,
-                cgroup_path: a.cgroup,
+                snowflake: SnowflakeIdentity {
+                    account: a.account,
+                    user: a.user,
+                    role: a.role,
+                    warehouse: a.warehouse,
+                    database: a.database,
+                    schema: a.schema,
+                    ..SnowflakeIdentity::default()
+                },
+                process,
                 host: a.host,
                 claims,
             };
             let ctx = NameContext {
-                database: identity.database.clone(),
-                schema: identity.schema.clone(),
+                database: identity.snowflake.database.clone(),
+                schema: identity.snowflake.schema.clone(),
             };
             let analysis = analyze(&a.sql, &ctx);
             let decision = policy.evaluate(&EvalInput {

@@ -153,6 +153,63 @@ fn config_check_accepts_a_good_file_and_lists_every_problem_of_a_bad_one() {
     assert_eq!(listing(dir.path()), expected, "config check wrote to disk");
 }
 
+/// `run --help` sends a reader to the page that lists every setting (a file that exists), not
+/// to a README that does not.
+#[test]
+fn run_help_points_at_the_settings_reference() {
+    let o = run(&["run", "--help"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("docs/settings.md"), "{out}");
+    assert!(!out.contains("README"), "{out}");
+    assert!(repo("docs/settings.md").is_file());
+}
+
+/// A ClickHouse name the sink would refuse (it is written into SQL) is a configuration error
+/// like any other: listed by `config check` with its setting, and refused by `run` before
+/// anything exists, not found only when the shipper first talks to ClickHouse.
+#[test]
+fn a_bad_clickhouse_name_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = good_config(dir.path());
+    let mut yaml = std::fs::read_to_string(&good).unwrap();
+    yaml.push_str(
+        "audit:\n  clickhouse:\n    url: http://127.0.0.1:8123\n    database: \"tollgate; DROP DATABASE tollgate\"\n    cluster: main\n",
+    );
+    let bad = dir.path().join("bad-clickhouse.yaml");
+    std::fs::write(&bad, yaml).unwrap();
+    let before = listing(dir.path());
+
+    let o = run(&["config", "check", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("error: config field `audit.clickhouse.database`: \"tollgate; DROP DATABASE tollgate\" is not a usable database name"),
+        "{err}"
+    );
+    assert!(err.contains("1 problem(s) in"), "{err}");
+
+    let o = run(&["config", "check", "--json", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        report["errors"][0]["field"], "audit.clickhouse.database",
+        "{report}"
+    );
+    assert_eq!(
+        report["errors"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+
+    let o = run(&["run", "--config", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("`audit.clickhouse.database`"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(listing(dir.path()), before, "something was created");
+}
+
 #[test]
 fn run_refuses_a_bad_setting_before_creating_anything() {
     let dir = tempfile::tempdir().unwrap();
