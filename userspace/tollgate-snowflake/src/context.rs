@@ -8,6 +8,7 @@ use std::time::Instant;
 use tollgate_identity::{ProcessIdentity, SnowflakeIdentity};
 use tollgate_policy::UseKind;
 
+use crate::audit_gate::Pending;
 use crate::plan::{MaskedColumn, ResultPlan};
 use crate::session::Session;
 
@@ -18,6 +19,8 @@ pub struct ExchangeCtx {
     pub started: Instant,
     /// What the response phases must do.
     pub expect: Expect,
+    /// Audit events written by the request phases whose durability the answer waits for.
+    pub pending: Pending,
 }
 
 impl Default for ExchangeCtx {
@@ -25,6 +28,7 @@ impl Default for ExchangeCtx {
         ExchangeCtx {
             started: Instant::now(),
             expect: Expect::Nothing,
+            pending: Pending::default(),
         }
     }
 }
@@ -74,6 +78,8 @@ pub struct StatementCtx {
     pub plan: Option<Arc<ResultPlan>>,
     /// `host[:port]` the driver addressed (chunk URLs point there).
     pub authority: String,
+    /// The key linking the statement's audit events, when this exchange decided it.
+    pub statement: Option<String>,
 }
 
 /// What became of a statement's response.

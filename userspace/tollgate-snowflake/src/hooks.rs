@@ -23,7 +23,7 @@ use tollgate_wire::snowflake::{
 };
 use tracing::{info, warn};
 
-use crate::audit_gate::{self, Auditor};
+use crate::audit_gate::{self, Auditor, Pending};
 use crate::body::{self, read_request};
 use crate::chunks::{self, ChunkDone, ChunkStore};
 use crate::classify::{classify, Route};
@@ -212,9 +212,9 @@ impl SnowflakeHooks {
         logging::events(conn, record)
     }
 
-    /// Makes `events` durable before the step proceeds.
-    async fn gate(&self, events: Vec<Event>, api: Api) -> Result<(), Refusal> {
-        audit_gate::gate(self.audit.as_ref(), events, api).await
+    /// Writes `events` before the step proceeds; the answer waits for their durability.
+    async fn gate_written(&self, events: Vec<Event>, api: Api) -> Result<Pending, Refusal> {
+        audit_gate::gate_written(self.audit.as_ref(), events, api).await
     }
 }
 
@@ -283,6 +283,7 @@ impl ExchangeFilter for SnowflakeExchange {
                 Record::Result {
                     session: st.session.as_deref(),
                     rule_id: st.plan.as_ref().map(|p| p.rule_id.as_str()),
+                    statement: st.statement.as_deref(),
                     outcome: &outcome,
                     duration_us: self.elapsed_us(),
                 },
@@ -395,8 +396,9 @@ impl SnowflakeExchange {
                         request: &request_identity,
                     },
                 );
-                if let Err(r) = layer.gate(events, Api::Driver).await {
-                    return self.answer(&r);
+                match layer.gate_written(events, Api::Driver).await {
+                    Ok(pending) => self.ctx.pending = pending,
+                    Err(r) => return self.answer(&r),
                 }
                 self.ctx.expect = Expect::Login {
                     request: request_identity,
@@ -427,11 +429,11 @@ impl SnowflakeExchange {
                     api: Api::Driver,
                     decided_for: None,
                 };
-                let allowed = match self
+                let (allowed, key) = match self
                     .statement(conn, session.as_ref(), &identity, statement, None)
                     .await
                 {
-                    Ok(allowed) => allowed,
+                    Ok(x) => x,
                     Err(r) => return self.answer(&r),
                 };
                 let authority = authority(&request, conn);
@@ -440,6 +442,7 @@ impl SnowflakeExchange {
                     uses: allowed.uses,
                     plan: Some(Arc::new(allowed.plan)),
                     authority,
+                    statement: key,
                 });
                 self.forward(request)
             }
@@ -480,10 +483,16 @@ impl SnowflakeExchange {
                     .statement(conn, None, &identity, decided, Some(&api))
                     .await
                 {
-                    Ok(allowed) => allowed,
+                    Ok((allowed, _)) => allowed,
                     Err(r) => return self.answer(&r),
                 };
                 if allowed.plan.rewrites() {
+                    if let Err(r) =
+                        audit_gate::release(std::mem::take(&mut self.ctx.pending), Api::SqlApi)
+                            .await
+                    {
+                        return self.answer(&r);
+                    }
                     return self.answer(&Refusal::new(
                         RefusalKind::UnsupportedRewrite,
                         Api::SqlApi,
@@ -564,6 +573,7 @@ impl SnowflakeExchange {
                     uses: Vec::new(),
                     plan,
                     authority,
+                    statement: None,
                 });
                 self.forward(request)
             }
@@ -585,6 +595,7 @@ impl SnowflakeExchange {
                         uses: Vec::new(),
                         plan: None,
                         authority,
+                        statement: None,
                     });
                     self.forward(request)
                 }
@@ -623,16 +634,18 @@ impl SnowflakeExchange {
         }
     }
 
-    /// Phases 4 to 6 for one statement: decide, make the decision durable, hold. `Ok` is the
-    /// statement to forward.
+    /// Phases 4 to 6 for one statement: decide, write the decision to the audit spool, hold.
+    /// `Ok` is the statement to forward, with the pending durability its answer waits for
+    /// (left in the exchange's context) and its audit key; a refusal is answered only once the
+    /// decision is durable.
     async fn statement(
-        &self,
+        &mut self,
         conn: &ConnectionContext,
         session: Option<&Arc<Session>>,
         identity: &Identity,
         statement: Statement<'_>,
         api: Option<&SqlApiIdentity>,
-    ) -> Result<Allowed, Refusal> {
+    ) -> Result<(Allowed, Option<String>), Refusal> {
         let layer = &self.layer;
         let decided: Decided = decide(&layer.policy(), identity, statement);
         bump(&layer.stats.statements);
@@ -654,8 +667,9 @@ impl SnowflakeExchange {
                 api,
             },
         );
-        layer.gate(events, statement.api).await?;
-        match decided.verdict {
+        let key = logging::statement_key(&events);
+        let pending = layer.gate_written(events, statement.api).await?;
+        let verdict = match decided.verdict {
             Verdict::Allow(allowed) => {
                 bump(&layer.stats.allowed);
                 Ok(allowed)
@@ -671,6 +685,16 @@ impl SnowflakeExchange {
                     Held::Refused(refusal) => Err(refusal),
                 }
             }
+        };
+        match verdict {
+            Ok(allowed) => {
+                self.ctx.pending = pending;
+                Ok((allowed, key))
+            }
+            Err(refusal) => {
+                audit_gate::release(pending, statement.api).await?;
+                Err(refusal)
+            }
         }
     }
 
@@ -680,24 +704,31 @@ impl SnowflakeExchange {
         response: Response<ProxyBody>,
     ) -> Response<ProxyBody> {
         let expect = std::mem::take(&mut self.ctx.expect);
+        let pending = std::mem::take(&mut self.ctx.pending);
         match expect {
-            Expect::Nothing => response,
-            Expect::Statement(st) => self.statement_response(conn, st, response).await,
-            other => self.session_response(conn, other, response).await,
+            Expect::Nothing => match audit_gate::release(pending, Api::Driver).await {
+                Ok(()) => response,
+                Err(refusal) => refusal.to_response(),
+            },
+            Expect::Statement(st) => self.statement_response(conn, st, pending, response).await,
+            other => self.session_response(conn, other, pending, response).await,
         }
     }
 
-    /// Phases 8 to 10 for a statement's response: check, rewrite (on the pool), record.
+    /// Phases 8 to 10 for a statement's response: check, rewrite (on the pool), record; the
+    /// answer is released once the statement's decision is durable (its sync ran meanwhile)
+    /// and the result's event is written.
     async fn statement_response(
         &self,
         conn: &ConnectionContext,
         st: StatementCtx,
+        pending: Pending,
         response: Response<ProxyBody>,
     ) -> Response<ProxyBody> {
         let layer = self.layer.clone();
         let max = layer.config.max_inspected_response;
-        // What the record needs (two `Arc`s); the context itself moves into the rewrite job.
-        let (session, plan) = (st.session.clone(), st.plan.clone());
+        // What the record needs; the context itself moves into the rewrite job.
+        let (session, plan, key) = (st.session.clone(), st.plan.clone(), st.statement.clone());
         let (parts, body) = response.into_parts();
         let (resp, outcome) = match body::collect_prefix(body, max).await {
             Err(e) => {
@@ -774,18 +805,25 @@ impl SnowflakeExchange {
         if outcome.status == ResultStatus::Withheld {
             bump(&layer.stats.results_withheld);
         }
-        // Phase 10, gating: the result is handed out only once its record is durable.
+        // Phase 5, release: the statement's decision is durable before its answer leaves; an
+        // answer whose decision may be lost is withheld (and, the spool failing, unrecorded).
+        if let Err(refusal) = audit_gate::release(pending, Api::Driver).await {
+            return refusal.to_response();
+        }
+        // Phase 10: the result's record is written before the answer is handed out.
         let events = layer.events_of(
             conn,
             Record::Result {
                 session: session.as_deref(),
                 rule_id: plan.as_ref().map(|p| p.rule_id.as_str()),
+                statement: key.as_deref(),
                 outcome: &outcome,
                 duration_us: self.elapsed_us(),
             },
         );
-        match layer.gate(events, Api::Driver).await {
-            Ok(()) => resp,
+        match layer.gate_written(events, Api::Driver).await {
+            // Made durable by the next sync; nothing waits for it.
+            Ok(_written) => resp,
             Err(refusal) => refusal.to_response(),
         }
     }
@@ -796,9 +834,18 @@ impl SnowflakeExchange {
         &self,
         conn: &ConnectionContext,
         expect: Expect,
+        pending: Pending,
         response: Response<ProxyBody>,
     ) -> Response<ProxyBody> {
         let layer = self.layer.clone();
+        // What the request phases wrote is durable before the answer leaves.
+        let api = match expect {
+            Expect::SqlApiSubmit { .. } => Api::SqlApi,
+            _ => Api::Driver,
+        };
+        if let Err(refusal) = audit_gate::release(pending, api).await {
+            return refusal.to_response();
+        }
         let max = layer.config.max_inspected_response;
         let (parts, body) = response.into_parts();
         let raw = match body::collect_prefix(body, max).await {
@@ -837,8 +884,8 @@ impl SnowflakeExchange {
                         outcome: &outcome,
                     },
                 );
-                match layer.gate(events, Api::Driver).await {
-                    Ok(()) => resp,
+                match layer.gate_written(events, Api::Driver).await {
+                    Ok(_written) => resp,
                     Err(refusal) => refusal.to_response(),
                 }
             }

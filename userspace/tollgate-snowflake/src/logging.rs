@@ -4,7 +4,7 @@
 //! it in full) and what came of it — never tokens, keys, or result values beyond the rows a rule
 //! asks to record.
 
-use tollgate_audit::{Event, EventKind};
+use tollgate_audit::{Event, EventKind, STATEMENT_ATTR};
 use tollgate_identity::{Identity, ProcessIdentity, SnowflakeIdentity};
 use tollgate_proxy::record::{ConnectionRecord, Decision as GateDecision};
 use tollgate_proxy::ConnectionContext;
@@ -67,6 +67,8 @@ pub enum Record<'a> {
         session: Option<&'a Session>,
         /// The deciding rule, when a decision is known.
         rule_id: Option<&'a str>,
+        /// The statement's key ([`statement_key`] of its events), when this exchange decided it.
+        statement: Option<&'a str>,
         /// What came of it.
         outcome: &'a ResultOutcome,
         /// Microseconds since the request arrived.
@@ -155,10 +157,14 @@ pub fn events(conn: &ConnectionContext, record: Record<'_>) -> Vec<Event> {
         Record::Result {
             session,
             rule_id,
+            statement,
             outcome,
             duration_us,
         } => {
             let mut e = session_event(EventKind::Result, conn, session);
+            if let Some(key) = statement {
+                e.attrs.insert(STATEMENT_ATTR.to_owned(), key.to_owned());
+            }
             e.query_id = outcome.query_id.clone().unwrap_or_default();
             e.decision = outcome.status.name().to_owned();
             e.rule_id = rule_id.unwrap_or_default().to_owned();
@@ -217,8 +223,18 @@ pub fn events(conn: &ConnectionContext, record: Record<'_>) -> Vec<Event> {
     }
 }
 
+/// The key linking a statement's events (its `query` event's id, in [`STATEMENT_ATTR`]), from
+/// the events of a [`Record::Statement`]; `None` for SQL API statements.
+pub fn statement_key(events: &[Event]) -> Option<String> {
+    events
+        .iter()
+        .find(|e| e.kind == EventKind::Query)
+        .and_then(|e| e.attrs.get(STATEMENT_ATTR).cloned())
+}
+
 /// The `query` and `decision` events of a decided statement, about `who` the policy decided
 /// for (for the SQL API, the identity the request carries).
+/// Driver statements' events are linked by [`STATEMENT_ATTR`].
 fn statement(
     conn: &ConnectionContext,
     session: Option<&Session>,
@@ -244,6 +260,13 @@ fn statement(
         q.attrs.insert("identity_source".into(), api.source.clone());
     }
     let mut d = event(EventKind::Decision, conn, session, who);
+    // The key links the statement to its `result` event. SQL API statements have none (their
+    // results are fetched by handle), so they carry no key: recovery would mark them lost.
+    if api.is_none() {
+        let key = q.event_id.to_string();
+        q.attrs.insert(STATEMENT_ATTR.to_owned(), key.clone());
+        d.attrs.insert(STATEMENT_ATTR.to_owned(), key);
+    }
     d.rule_id.clone_from(&decision.rule_id);
     d.decision = decision.action.name().to_owned();
     d.statement_kind = kind_names;

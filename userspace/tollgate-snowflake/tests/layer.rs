@@ -318,6 +318,21 @@ async fn a_masked_statement_is_decided_recorded_forwarded_and_its_result_masked(
     assert_eq!(masked, [("NAME", 1), ("SSN", 1)]);
     let decisions = layer.events_of(EventKind::Decision).await;
     assert_eq!(decisions.last().unwrap().decision, "mask");
+    // The statement's query, decision and result events share one key (the query event's id),
+    // by which recovery finds a forwarded statement whose result was never recorded.
+    let queries = layer.events_of(EventKind::Query).await;
+    let q = queries.last().unwrap();
+    let key = q.attrs.get(tollgate_audit::STATEMENT_ATTR).unwrap();
+    assert_eq!(key, &q.event_id.to_string());
+    assert_eq!(
+        decisions
+            .last()
+            .unwrap()
+            .attrs
+            .get(tollgate_audit::STATEMENT_ATTR),
+        Some(key)
+    );
+    assert_eq!(last.attrs.get(tollgate_audit::STATEMENT_ATTR), Some(key));
     // Literals never reach the trail.
     for e in layer.events().await {
         assert!(!e.sql.contains("Alice"), "{:?}", e.sql);
@@ -611,6 +626,12 @@ async fn upstream_failures_and_logouts_are_recorded() {
     filter.upstream_failed(&c, &failure);
     let r = layer.events_of(EventKind::Result).await;
     assert_eq!(r.last().unwrap().decision, "upstream_failed");
+    let q = layer.events_of(EventKind::Query).await;
+    assert_eq!(
+        r.last().unwrap().attrs.get(tollgate_audit::STATEMENT_ATTR),
+        q.last().unwrap().attrs.get(tollgate_audit::STATEMENT_ATTR),
+        "an upstream failure closes its statement for recovery"
+    );
     assert_eq!(r.last().unwrap().error_code, "502");
     assert_eq!(r.last().unwrap().rule_id, "events-open");
     // Logout ends the session: its token is no longer known.
