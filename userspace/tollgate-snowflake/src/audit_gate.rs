@@ -76,7 +76,7 @@ impl Auditor {
 /// recorded (no auditor, no events).
 #[derive(Debug, Default)]
 #[must_use = "an answer may be released only once its events are durable: pass this to `release`"]
-pub struct Pending(Option<(Written, Auditor)>);
+pub struct Pending(Option<Written>);
 
 /// The refusal when the spool fails (in `api`'s shape).
 fn unauditable(e: &SpoolError, api: Api) -> Refusal {
@@ -102,7 +102,7 @@ pub async fn gate_written(
         return Ok(Pending::default());
     }
     match audit.write(events).await {
-        Ok(w) => Ok(Pending(Some((w, audit.clone())))),
+        Ok(w) => Ok(Pending(Some(w))),
         Err(e) => {
             error!(error = %e, "request refused: the audit spool cannot be written");
             Err(unauditable(&e, api))
@@ -112,8 +112,8 @@ pub async fn gate_written(
 
 /// Waits until the events of `pending` are durable, before an answer is released; on failure,
 /// the refusal to answer instead (the answer is withheld).
-pub async fn release(pending: Pending, api: Api) -> Result<(), Refusal> {
-    let Some((written, audit)) = pending.0 else {
+pub async fn release(audit: Option<&Auditor>, pending: Pending, api: Api) -> Result<(), Refusal> {
+    let (Some(audit), Some(written)) = (audit, pending.0) else {
         return Ok(());
     };
     if written.is_durable() {
@@ -129,5 +129,5 @@ pub async fn release(pending: Pending, api: Api) -> Result<(), Refusal> {
 
 /// Makes `events` durable before the step proceeds; on failure, the refusal to answer instead.
 pub async fn gate(audit: Option<&Auditor>, events: Vec<Event>, api: Api) -> Result<(), Refusal> {
-    release(gate_written(audit, events, api).await?, api).await
+    release(audit, gate_written(audit, events, api).await?, api).await
 }

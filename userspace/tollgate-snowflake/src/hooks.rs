@@ -216,6 +216,11 @@ impl SnowflakeHooks {
     async fn gate_written(&self, events: Vec<Event>, api: Api) -> Result<Pending, Refusal> {
         audit_gate::gate_written(self.audit.as_ref(), events, api).await
     }
+
+    /// Waits until what `pending` wrote is durable, before an answer is released.
+    async fn release(&self, pending: Pending, api: Api) -> Result<(), Refusal> {
+        audit_gate::release(self.audit.as_ref(), pending, api).await
+    }
 }
 
 impl ExchangeHooks for SnowflakeHooks {
@@ -487,9 +492,10 @@ impl SnowflakeExchange {
                     Err(r) => return self.answer(&r),
                 };
                 if allowed.plan.rewrites() {
-                    if let Err(r) =
-                        audit_gate::release(std::mem::take(&mut self.ctx.pending), Api::SqlApi)
-                            .await
+                    if let Err(r) = self
+                        .layer
+                        .release(std::mem::take(&mut self.ctx.pending), Api::SqlApi)
+                        .await
                     {
                         return self.answer(&r);
                     }
@@ -692,7 +698,7 @@ impl SnowflakeExchange {
                 Ok((allowed, key))
             }
             Err(refusal) => {
-                audit_gate::release(pending, statement.api).await?;
+                layer.release(pending, statement.api).await?;
                 Err(refusal)
             }
         }
@@ -706,7 +712,7 @@ impl SnowflakeExchange {
         let expect = std::mem::take(&mut self.ctx.expect);
         let pending = std::mem::take(&mut self.ctx.pending);
         match expect {
-            Expect::Nothing => match audit_gate::release(pending, Api::Driver).await {
+            Expect::Nothing => match self.layer.release(pending, Api::Driver).await {
                 Ok(()) => response,
                 Err(refusal) => refusal.to_response(),
             },
@@ -807,7 +813,7 @@ impl SnowflakeExchange {
         }
         // Phase 5, release: the statement's decision is durable before its answer leaves; an
         // answer whose decision may be lost is withheld (and, the spool failing, unrecorded).
-        if let Err(refusal) = audit_gate::release(pending, Api::Driver).await {
+        if let Err(refusal) = layer.release(pending, Api::Driver).await {
             return refusal.to_response();
         }
         // Phase 10: the result's record is written before the answer is handed out.
@@ -843,7 +849,7 @@ impl SnowflakeExchange {
             Expect::SqlApiSubmit { .. } => Api::SqlApi,
             _ => Api::Driver,
         };
-        if let Err(refusal) = audit_gate::release(pending, api).await {
+        if let Err(refusal) = layer.release(pending, api).await {
             return refusal.to_response();
         }
         let max = layer.config.max_inspected_response;
