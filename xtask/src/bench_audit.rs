@@ -8,7 +8,8 @@
 //!    no cursor), in batches of the same size.
 //! 2. The durable audit trail on the request path: per-query latency with the real Python and
 //!    Node drivers directly to the stand-in, through Tollgate with `audit.fsync: true` (the default) and
-//!    through Tollgate with `audit.fsync: false`; plus the library-level latency of
+//!    through Tollgate with `audit.fsync: false` and through mitmproxy in transparent mode
+//!    (the peer a user would pick instead), with each proxy's CPU per query; plus the library-level latency of
 //!    [`Spool::append_many`] (2 events, then 1) with and without `fdatasync`.
 //! 3. Spool growth per 1,000 queries (end to end) and per 1,000 synthetic events.
 //!
@@ -18,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -32,9 +33,12 @@ use tollgate_e2e::snowflake::{run_node, run_python, AgentEnv, Standin, StandinOp
 use tollgate_e2e::{Cgroup, Scratch, TestHost, Tollgate, TollgateOpts};
 
 use crate::bench::chrono_now;
+use crate::mitm::{cgroup_cpu_us, Mitm};
 
 /// Set in the release re-run so that it does not re-run itself.
 const INNER: &str = "TOLLGATE_BENCH_AUDIT_RELEASE";
+/// Set to run part 2 only (end to end), printing a summary instead of the report.
+const E2E_ONLY: &str = "TOLLGATE_BENCH_AUDIT_E2E_ONLY";
 
 /// Synthetic queries in the spool (three events each).
 const SHIP_QUERIES: usize = 40_000;
@@ -111,6 +115,27 @@ pub fn audit(out: &Path) -> Result<()> {
 
     let started = Instant::now();
     let load_before = loadavg();
+    if std::env::var_os(E2E_ONLY).is_some() {
+        // For profiling and quick comparisons: part 2 end to end only, a summary on stdout.
+        let e2e = end_to_end()?;
+        for d in &e2e.drivers {
+            println!(
+                "{}: p50 direct {:.0} µs, fsync on {:.0} µs (+{:.0}), fsync off {:.0} µs (+{:.0}), mitmproxy {:.0} µs (+{:.0}); proxy CPU per query {:.0} / {:.0} / {:.0} µs",
+                d.name,
+                d.direct.p50,
+                d.fsync.p50,
+                d.fsync.p50 - d.direct.p50,
+                d.nofsync.p50,
+                d.nofsync.p50 - d.direct.p50,
+                d.mitm.p50,
+                d.mitm.p50 - d.direct.p50,
+                d.cpu[0],
+                d.cpu[1],
+                d.cpu[2]
+            );
+        }
+        return Ok(());
+    }
     let ship = shipping(&rt)?;
     eprintln!("bench: audit: shipping done ({:.0?})", started.elapsed());
     let append = append_latency(&rt)?;
@@ -472,12 +497,17 @@ fn append_latency(rt: &tokio::runtime::Runtime) -> Result<Append> {
 // ---------------------------------------------------------------------------------------------
 // 2a and 3. End to end
 
-/// One driver's runs: (a) direct, (b) Tollgate fsync on, (c) Tollgate fsync off.
+/// One driver's runs: (a) direct, (b) Tollgate fsync on, (c) Tollgate fsync off, (d)
+/// mitmproxy in transparent mode.
 struct DriverRuns {
     name: &'static str,
     direct: Pcts,
     fsync: Pcts,
     nofsync: Pcts,
+    mitm: Pcts,
+    /// The proxy's CPU per query in (b), (c) and (d), µs (its cgroup's usage over the runs,
+    /// divided by the queries; logins and session set-up included).
+    cpu: [f64; 3],
 }
 
 struct EndToEnd {
@@ -539,6 +569,13 @@ fn end_to_end() -> Result<EndToEnd> {
     let direct = top.child("direct")?;
     let cg_fsync = top.child("fsync")?;
     let cg_nofsync = top.child("nofsync")?;
+    let cg_mitm = top.child("mitm-agents")?;
+    let mitm = Mitm::start(
+        &scratch,
+        &cg_mitm,
+        top.child("mitm-proxy")?,
+        &standin.ca_pem(),
+    )?;
     // Two Tollgates side by side (own state dirs, pins, listeners, target cgroups), the same
     // policy, differing only in `audit.fsync`.
     let start = |what: &str, cg: &Cgroup, fsync: bool| -> Result<(Scratch, Tollgate)> {
@@ -574,10 +611,10 @@ fn end_to_end() -> Result<EndToEnd> {
     );
     let spool_b = tg_b.state_dir.join("spool");
     let statements: Vec<Statement> = (0..QUERIES).map(|_| Statement::sql(POINT_QUERY)).collect();
-    let env = |tg: Option<&Tollgate>| -> AgentEnv {
+    let env = |ca: Option<PathBuf>| -> AgentEnv {
         let mut e = standin.agent_env(&scratch);
-        if let Some(tg) = tg {
-            e.ca_roots.push(tg.ca_cert());
+        if let Some(ca) = ca {
+            e.ca_roots.push(ca);
         }
         e.timeout = Duration::from_secs(300);
         e
@@ -585,26 +622,52 @@ fn end_to_end() -> Result<EndToEnd> {
     type Agent = fn(&Path, AgentEnv, &[Statement]) -> Result<Vec<Value>>;
     let agents: [(&'static str, Agent); 2] =
         [("python (Arrow)", run_python), ("node (JSON)", run_node)];
-    let mut runs: Vec<[Vec<f64>; 3]> = agents.iter().map(|_| Default::default()).collect();
+    let mut runs: Vec<[Vec<f64>; 4]> = agents.iter().map(|_| Default::default()).collect();
+    let mut cpu: Vec<[u64; 3]> = agents.iter().map(|_| Default::default()).collect();
+    // One agent run through a proxy, its CPU (the proxy's cgroup) added to `used`.
+    let through = |agent: Agent,
+                   agents_cg: &Path,
+                   proxy_cg: &Path,
+                   ca: PathBuf,
+                   used: &mut u64|
+     -> Result<Vec<f64>> {
+        let before = cgroup_cpu_us(proxy_cg)?;
+        let lat = latencies(&agent(agents_cg, env(Some(ca)), &statements)?)?;
+        *used += cgroup_cpu_us(proxy_cg)? - before;
+        Ok(lat)
+    };
     let before_b = settled_size(&spool_b);
     let kinds_before = kinds(&spool_b)?;
     for round in 0..ROUNDS {
-        for ((name, agent), [a, b, c]) in agents.iter().zip(runs.iter_mut()) {
+        for (((name, agent), [a, b, c, d]), [cb, cc, cd]) in
+            agents.iter().zip(runs.iter_mut()).zip(cpu.iter_mut())
+        {
             eprintln!(
-                "bench: audit: round {}/{ROUNDS}, {name}: direct, fsync on, fsync off",
+                "bench: audit: round {}/{ROUNDS}, {name}: direct, fsync on, fsync off, mitmproxy",
                 round + 1
             );
             a.extend(latencies(&agent(&direct.path, env(None), &statements)?)?);
-            b.extend(latencies(&agent(
+            b.extend(through(
+                *agent,
                 &cg_fsync.path,
-                env(Some(&tg_b)),
-                &statements,
-            )?)?);
-            c.extend(latencies(&agent(
+                &tg_b.proxy_cgroup,
+                tg_b.ca_cert(),
+                cb,
+            )?);
+            c.extend(through(
+                *agent,
                 &cg_nofsync.path,
-                env(Some(&tg_c)),
-                &statements,
-            )?)?);
+                &tg_c.proxy_cgroup,
+                tg_c.ca_cert(),
+                cc,
+            )?);
+            d.extend(through(
+                *agent,
+                &cg_mitm.path,
+                &mitm.cgroup.path,
+                mitm.ca.clone(),
+                cd,
+            )?);
         }
     }
     let after_b = settled_size(&spool_b);
@@ -623,11 +686,14 @@ fn end_to_end() -> Result<EndToEnd> {
     let drivers = agents
         .iter()
         .zip(runs)
-        .map(|((name, _), [a, b, c])| DriverRuns {
+        .zip(cpu)
+        .map(|(((name, _), [a, b, c, d]), used)| DriverRuns {
             name,
             direct: pcts(a),
             fsync: pcts(b),
             nofsync: pcts(c),
+            mitm: pcts(d),
+            cpu: used.map(|us| us as f64 / (ROUNDS * QUERIES) as f64),
         })
         .collect();
     Ok(EndToEnd {
@@ -729,10 +795,13 @@ fn report(
     }
     writeln!(md)?;
 
-    writeln!(md, "## 2. Added latency per query, audit trail durable\n")?;
     writeln!(
         md,
-        "Real drivers (snowflake-connector-python with Arrow results, snowflake-sdk for Node with JSON results), `{POINT_QUERY}`, {QUERIES} queries per run on one connection (first {WARMUP} not counted), {ROUNDS} rounds, each of (a) direct to the stand-in, (b) through Tollgate with `audit.fsync: true` (the default), (c) through Tollgate with `audit.fsync: false`; one allow rule. Per query Tollgate writes query + decision before the statement goes upstream, and releases the answer once they are durable (their `fdatasync` runs while the stand-in works) and the result event is written. Target: (b) − (a) ≤ 300 µs at p50.\n"
+        "## 2. Added latency and CPU per query, audit trail durable\n"
+    )?;
+    writeln!(
+        md,
+        "Real drivers (snowflake-connector-python with Arrow results, snowflake-sdk for Node with JSON results), `{POINT_QUERY}`, {QUERIES} queries per run on one connection (first {WARMUP} not counted), {ROUNDS} rounds, each of (a) direct to the stand-in, (b) through Tollgate with `audit.fsync: true` (the default), (c) through Tollgate with `audit.fsync: false`, (d) through mitmproxy 11 in transparent mode (an nftables redirect of port 443 from the agents' cgroup; it verifies the stand-in with its CA as Tollgate does); one allow rule. Proxy CPU per query: the proxy's cgroup `cpu.stat` usage over the runs divided by the queries (logins included). Per query Tollgate writes query + decision before the statement goes upstream, and releases the answer once they are durable (their `fdatasync` runs while the stand-in works) and the result event is written. Target: (b) − (a) ≤ 300 µs at p50.\n"
     )?;
     let ratio = |x: &Pcts, y: &Pcts| {
         format!(
@@ -744,16 +813,18 @@ fn report(
     };
     for d in &e.drivers {
         writeln!(md, "{}:\n", d.name)?;
-        writeln!(md, "| | p50 | p90 | p99 |")?;
-        writeln!(md, "|---|---:|---:|---:|")?;
-        for (name, p) in [
-            ("(a) direct", &d.direct),
-            ("(b) Tollgate, fsync on", &d.fsync),
-            ("(c) Tollgate, fsync off", &d.nofsync),
+        writeln!(md, "| | p50 | p90 | p99 | proxy CPU per query |")?;
+        writeln!(md, "|---|---:|---:|---:|---:|")?;
+        for (name, p, cpu) in [
+            ("(a) direct", &d.direct, None),
+            ("(b) Tollgate, fsync on", &d.fsync, Some(d.cpu[0])),
+            ("(c) Tollgate, fsync off", &d.nofsync, Some(d.cpu[1])),
+            ("(d) mitmproxy, transparent", &d.mitm, Some(d.cpu[2])),
         ] {
+            let cpu = cpu.map_or("–".to_owned(), |us| format!("{us:.0} µs"));
             writeln!(
                 md,
-                "| {name} | {:.0} µs | {:.0} µs | {:.0} µs |",
+                "| {name} | {:.0} µs | {:.0} µs | {:.0} µs | {cpu} |",
                 p.p50, p.p90, p.p99
             )?;
         }
@@ -774,10 +845,20 @@ fn report(
         )?;
         writeln!(
             md,
-            "\n{}: Tollgate with the durable audit trail adds **{:.0} µs** per query at p50 over direct ((b) − (a)); durability costs {:.0} µs of it ((b) − (c)).\n",
+            "| (b)/(d): Tollgate with audit vs mitmproxy | {} | {:.2}× |",
+            ratio(&d.fsync, &d.mitm),
+            d.cpu[0] / d.cpu[2]
+        )?;
+        writeln!(
+            md,
+            "\n{}: Tollgate with the durable audit trail adds **{:.0} µs** per query at p50 over direct ((b) − (a)); durability costs {:.0} µs of it ((b) − (c)); mitmproxy adds {:.0} µs ((d) − (a)). Proxy CPU per query: Tollgate {:.0} µs with the durable audit, {:.0} µs without fsync; mitmproxy {:.0} µs.\n",
             d.name,
             d.fsync.p50 - d.direct.p50,
-            d.fsync.p50 - d.nofsync.p50
+            d.fsync.p50 - d.nofsync.p50,
+            d.mitm.p50 - d.direct.p50,
+            d.cpu[0],
+            d.cpu[1],
+            d.cpu[2]
         )?;
     }
     if !e.fsync_off_logged {

@@ -10,6 +10,7 @@ mod bench;
 mod bench_audit;
 mod bench_masking;
 mod demo;
+mod mitm;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -80,6 +81,7 @@ fn main() -> Result<()> {
         }
         Cmd::Bench { out, only } => {
             setup::setup()?;
+            setup::bench_setup()?;
             build(true)?;
             if only.as_deref().is_none_or(|o| o == "foundation") {
                 bench::bench(&root, &out.join("foundation.md"))?;

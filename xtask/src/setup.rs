@@ -39,6 +39,21 @@ pub fn setup() -> Result<()> {
     Ok(())
 }
 
+/// What only the benchmarks need: nftables and mitmproxy (the peer they compare against).
+pub fn bench_setup() -> Result<()> {
+    if !Path::new("/usr/sbin/nft").exists() {
+        eprintln!("setup: installing nftables (for the benchmarks' mitmproxy redirect)");
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends", "nftables"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    pinned_venv(
+        Path::new(crate::mitm::MITM_VENV),
+        crate::mitm::MITM_PINS,
+        "the mitmproxy venv for the benchmarks (about 30 s)",
+    )
+}
+
 fn unsafe_geteuid() -> u32 {
     // Reading /proc avoids a libc dependency in xtask.
     std::fs::read_to_string("/proc/self/status")
