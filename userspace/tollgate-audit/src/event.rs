@@ -283,6 +283,25 @@ impl Event {
         self.oidc_issuer = who.claims.issuer().unwrap_or_default().to_owned();
     }
 
+    /// Copies every who-field (the ones [`Event::with_identity`] fills) from `other`: for an
+    /// event Tollgate records on behalf of an earlier one, such as the `lost` result of a
+    /// statement recovered after a crash.
+    pub fn with_identity_of(&mut self, other: &Event) {
+        self.sf_account.clone_from(&other.sf_account);
+        self.sf_user.clone_from(&other.sf_user);
+        self.sf_role.clone_from(&other.sf_role);
+        self.sf_warehouse.clone_from(&other.sf_warehouse);
+        self.sf_database.clone_from(&other.sf_database);
+        self.sf_schema.clone_from(&other.sf_schema);
+        self.pid = other.pid;
+        self.uid = other.uid;
+        self.comm.clone_from(&other.comm);
+        self.exe.clone_from(&other.exe);
+        self.cgroup.clone_from(&other.cgroup);
+        self.oidc_subject.clone_from(&other.oidc_subject);
+        self.oidc_issuer.clone_from(&other.oidc_issuer);
+    }
+
     /// Sets an attribute (builder style).
     pub fn attr(mut self, key: &str, value: impl ToString) -> Self {
         self.attrs.insert(key.to_owned(), value.to_string());

@@ -185,21 +185,7 @@ pub fn lost_statements(events: &[Event], open: &HashSet<&str>) -> Vec<Event> {
                 .insert(STATEMENT_ATTR.to_owned(), d.attrs[STATEMENT_ATTR].clone());
             e.rule_id.clone_from(&d.rule_id);
             e.sql_fingerprint.clone_from(&d.sql_fingerprint);
-            e.pid = d.pid;
-            e.uid = d.uid;
-            for (to, from) in [
-                (&mut e.comm, &d.comm),
-                (&mut e.exe, &d.exe),
-                (&mut e.cgroup, &d.cgroup),
-                (&mut e.sf_account, &d.sf_account),
-                (&mut e.sf_user, &d.sf_user),
-                (&mut e.sf_role, &d.sf_role),
-                (&mut e.sf_warehouse, &d.sf_warehouse),
-                (&mut e.sf_database, &d.sf_database),
-                (&mut e.sf_schema, &d.sf_schema),
-            ] {
-                to.clone_from(from);
-            }
+            e.with_identity_of(d);
             e.decision = "lost".into();
             e.reason = "tollgate stopped after forwarding this statement and before its result was recorded: the statement may have run in Snowflake; its outcome is unknown".into();
             e
@@ -1163,6 +1149,9 @@ mod tests {
         let mut e = Event::new(kind, chain).attr(STATEMENT_ATTR, key);
         e.decision = decision.into();
         e.sf_user = "ALICE".into();
+        e.pid = Some(4242);
+        e.comm = "agent".into();
+        e.oidc_subject = "repo:org/agent:ref:refs/heads/main".into();
         e
     }
 
@@ -1234,6 +1223,9 @@ mod tests {
         assert!(lost.iter().all(|e| e.kind == EventKind::Result
             && e.decision == "lost"
             && e.sf_user == "ALICE"
+            && e.pid == Some(4242)
+            && e.comm == "agent"
+            && e.oidc_subject == "repo:org/agent:ref:refs/heads/main"
             && e.session_id == "s1"));
     }
 
