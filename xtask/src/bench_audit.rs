@@ -32,8 +32,8 @@ use tollgate_e2e::clickhouse::ClickHouse;
 use tollgate_e2e::snowflake::{run_node, run_python, AgentEnv, Standin, StandinOpts, Statement};
 use tollgate_e2e::{Cgroup, Scratch, TestHost, Tollgate, TollgateOpts};
 
-use crate::bench::chrono_now;
-use crate::mitm::{cgroup_cpu_us, Mitm};
+use crate::bench::{cgroup_cpu_us, chrono_now};
+use crate::mitm::Mitm;
 
 /// Set in the release re-run so that it does not re-run itself.
 const INNER: &str = "TOLLGATE_BENCH_AUDIT_RELEASE";
@@ -119,20 +119,7 @@ pub fn audit(out: &Path) -> Result<()> {
         // For profiling and quick comparisons: part 2 end to end only, a summary on stdout.
         let e2e = end_to_end()?;
         for d in &e2e.drivers {
-            println!(
-                "{}: p50 direct {:.0} µs, fsync on {:.0} µs (+{:.0}), fsync off {:.0} µs (+{:.0}), mitmproxy {:.0} µs (+{:.0}); proxy CPU per query {:.0} / {:.0} / {:.0} µs",
-                d.name,
-                d.direct.p50,
-                d.fsync.p50,
-                d.fsync.p50 - d.direct.p50,
-                d.nofsync.p50,
-                d.nofsync.p50 - d.direct.p50,
-                d.mitm.p50,
-                d.mitm.p50 - d.direct.p50,
-                d.cpu[0],
-                d.cpu[1],
-                d.cpu[2]
-            );
+            println!("{}", d.summary());
         }
         return Ok(());
     }
@@ -510,6 +497,22 @@ struct DriverRuns {
     cpu: [f64; 3],
 }
 
+impl DriverRuns {
+    /// What the runs say, in one sentence (the report's and the quick run's).
+    fn summary(&self) -> String {
+        format!(
+            "{}: Tollgate with the durable audit trail adds **{:.0} µs** per query at p50 over direct ((b) − (a)); durability costs {:.0} µs of it ((b) − (c)); mitmproxy adds {:.0} µs ((d) − (a)). Proxy CPU per query: Tollgate {:.0} µs with the durable audit, {:.0} µs without fsync; mitmproxy {:.0} µs.",
+            self.name,
+            self.fsync.p50 - self.direct.p50,
+            self.fsync.p50 - self.nofsync.p50,
+            self.mitm.p50 - self.direct.p50,
+            self.cpu[0],
+            self.cpu[1],
+            self.cpu[2]
+        )
+    }
+}
+
 struct EndToEnd {
     drivers: Vec<DriverRuns>,
     queries_b: usize,
@@ -849,17 +852,7 @@ fn report(
             ratio(&d.fsync, &d.mitm),
             d.cpu[0] / d.cpu[2]
         )?;
-        writeln!(
-            md,
-            "\n{}: Tollgate with the durable audit trail adds **{:.0} µs** per query at p50 over direct ((b) − (a)); durability costs {:.0} µs of it ((b) − (c)); mitmproxy adds {:.0} µs ((d) − (a)). Proxy CPU per query: Tollgate {:.0} µs with the durable audit, {:.0} µs without fsync; mitmproxy {:.0} µs.\n",
-            d.name,
-            d.fsync.p50 - d.direct.p50,
-            d.fsync.p50 - d.nofsync.p50,
-            d.mitm.p50 - d.direct.p50,
-            d.cpu[0],
-            d.cpu[1],
-            d.cpu[2]
-        )?;
+        writeln!(md, "\n{}\n", d.summary())?;
     }
     if !e.fsync_off_logged {
         writeln!(

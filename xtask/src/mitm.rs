@@ -97,13 +97,3 @@ impl Drop for Mitm {
             .status();
     }
 }
-
-/// CPU time used so far by the processes of the cgroup at `path` (`cpu.stat` `usage_usec`:
-/// user and system, every thread, kept by the kernel for every cgroup2 cgroup).
-pub fn cgroup_cpu_us(path: &Path) -> Result<u64> {
-    let stat = std::fs::read_to_string(path.join("cpu.stat"))
-        .with_context(|| format!("reading {}/cpu.stat", path.display()))?;
-    stat.lines()
-        .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok())
-        .with_context(|| format!("no usage_usec in {}/cpu.stat", path.display()))
-}
