@@ -22,7 +22,8 @@ SQL runs in fakesnow's ASGI handlers in-process; this wrapper adds, as Snowflake
   a new session token; the query re-sent with the same requestId runs normally (logged with
   `"repeated_request_id": true`);
 - chunked results: results with more rows than the chunk size (`--chunk-rows`, default 10000, or
-  `/*standin:chunk_rows=N*/`) carry the first chunk inline and `chunks[]` (url, rowCount,
+  `/*standin:chunk_rows=N*/`) carry the first chunk inline (`--first-chunk-rows` rows, default
+  the chunk size; Snowflake's inline part is small) and `chunks[]` (url, rowCount,
   uncompressedSize, compressedSize) whose URLs are `https://<storage-host>/results/<qid>/<n>`,
   with `qrmk` (or, with `/*standin:chunk_headers*/`, `chunkHeaders`); chunk bodies are Arrow IPC
   streams or JSON rows without the outer `[]`, gzip'd unless `--no-chunk-gzip`, and need the
@@ -276,7 +277,8 @@ def shape_result(data: dict[str, Any], json_results: bool, sql: str) -> None:
                 bodies = [",".join(json.dumps(r) for r in p).encode() for p in parts[1:]]
                 add_chunks(data, qid, bodies, [len(p) for p in parts[1:]], sql)
         elif table is not None and chunk_rows and total > chunk_rows:
-            slices = [table.slice(i, chunk_rows) for i in range(0, total, chunk_rows)]
+            first = min(ARGS.first_chunk_rows or chunk_rows, chunk_rows)
+            slices = [table.slice(0, first)] + [table.slice(i, chunk_rows) for i in range(first, total, chunk_rows)]
             data["rowsetBase64"] = base64.b64encode(to_ipc(slices[0])).decode()
             add_chunks(data, qid, [to_ipc(s) for s in slices[1:]], [s.num_rows for s in slices[1:]], sql)
         data["total"] = total
@@ -590,6 +592,7 @@ def main() -> None:
     p.add_argument("--seed-sql", default="")
     p.add_argument("--storage-host", default="sfc-results.s3.us-west-2.amazonaws.com")
     p.add_argument("--chunk-rows", type=int, default=10000, help="rows per result chunk (0: never chunk)")
+    p.add_argument("--first-chunk-rows", type=int, default=0, help="rows of a chunked result inline (0: the chunk size)")
     p.add_argument("--no-chunk-gzip", dest="chunk_gzip", action="store_false")
     ARGS = p.parse_args()
     if ARGS.seed_sql:

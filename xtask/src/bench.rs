@@ -53,6 +53,44 @@ pub(crate) fn vm_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Samples a process's resident memory every 250 ms on a thread of its own, until stopped.
+pub(crate) struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<u64>>,
+}
+
+impl RssSampler {
+    /// Starts sampling `pid`'s `VmRSS`.
+    pub(crate) fn start(pid: u32) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.push(vm_kib(pid, "VmRSS:"));
+                // A sampling period, not a synchronisation.
+                std::thread::park_timeout(std::time::Duration::from_millis(250));
+            }
+            samples.push(vm_kib(pid, "VmRSS:"));
+            samples
+        });
+        RssSampler { stop, thread }
+    }
+
+    /// Stops and returns the highest sample (KiB) of each quarter of the run.
+    pub(crate) fn quarters(self) -> [u64; 4] {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.thread().unpark();
+        let samples = self.thread.join().unwrap_or_default();
+        let mut q = [0u64; 4];
+        for (i, v) in samples.iter().enumerate() {
+            let k = (i * 4 / samples.len().max(1)).min(3);
+            q[k] = q[k].max(*v);
+        }
+        q
+    }
+}
+
 /// CPU time used so far by the processes of the cgroup at `path` (`cpu.stat` `usage_usec`:
 /// user and system, every thread, kept by the kernel for every cgroup2 cgroup).
 pub fn cgroup_cpu_us(path: &Path) -> Result<u64> {

@@ -17,12 +17,16 @@ use anyhow::{Context, Result};
 use tollgate_e2e::snowflake::{run_python, AgentEnv, Standin, StandinOpts, Statement};
 use tollgate_e2e::{Cgroup, Scratch, TestHost, Tollgate, TollgateOpts};
 
-use crate::bench::{chrono_now, vm_kib};
+use crate::bench::{chrono_now, vm_kib, RssSampler};
 
 /// Rows of the big table: about 120 bytes each in Arrow.
 const BIG_ROWS: u64 = 10_800_000;
 /// Rows per chunk the stand-in serves.
 const CHUNK_ROWS: u64 = 200_000;
+/// Rows it serves inline, in the query's answer (Snowflake's inline part is small; an inline
+/// result is read whole, up to `max_inspected_response_bytes`, and is measured by the
+/// foundation bench).
+const FIRST_CHUNK_ROWS: u64 = 2_000;
 
 const POLICY: &str = r#"version: 1
 classifications:
@@ -81,23 +85,31 @@ fn chunk_bytes(log: &str) -> u64 {
 /// Runs the masking benchmarks and writes `out`.
 pub fn masking(root: &Path, out: &Path) -> Result<()> {
     std::env::set_var("TOLLGATE_BIN_DIR", root.join("target/release"));
-    eprintln!("bench: masking throughput (tollgate-mask harness)");
-    let rowset = cargo_bench("rowset")?;
-    let detect = cargo_bench("detect")?;
+    // `TOLLGATE_BENCH_MASKING_QUICK=1`: only Tollgate's memory over a quarter of the big result,
+    // for working on memory (no harness, no direct run, nothing written).
+    let quick = std::env::var_os("TOLLGATE_BENCH_MASKING_QUICK").is_some();
+    let big_rows = if quick { BIG_ROWS / 4 } else { BIG_ROWS };
+    let (rowset, detect) = if quick {
+        (String::new(), String::new())
+    } else {
+        eprintln!("bench: masking throughput (tollgate-mask harness)");
+        (cargo_bench("rowset")?, cargo_bench("detect")?)
+    };
 
     let scratch = Scratch::new("bench-mask")?;
     let seed_path = scratch.join("seed-big.sql");
-    std::fs::write(&seed_path, seed(BIG_ROWS))?;
+    std::fs::write(&seed_path, seed(big_rows))?;
     let policy_path = scratch.join("bench-masking.yaml");
     std::fs::write(&policy_path, POLICY)?;
     let host = TestHost::create()?;
-    eprintln!("bench: seeding {BIG_ROWS} rows into the stand-in");
+    eprintln!("bench: seeding {big_rows} rows into the stand-in");
     let standin = Standin::start(
         &host,
         &scratch,
         StandinOpts {
             seed_sql: Some(seed_path),
             chunk_rows: Some(CHUNK_ROWS as u32),
+            first_chunk_rows: Some(FIRST_CHUNK_ROWS as u32),
             ..StandinOpts::default()
         },
     )?;
@@ -144,10 +156,31 @@ pub fn masking(root: &Path, out: &Path) -> Result<()> {
     let (_, small_rows) = timed(&agents.path, true, "PHI_SMALL")?;
     let hwm_small = vm_kib(pid, "VmHWM:");
     let small_bytes = chunk_bytes(&tg.log());
+    let mib_q = |q: [u64; 4]| q.map(|k| format!("{:.1}", k as f64 / 1024.0)).join(" / ");
+    if quick {
+        let t = Instant::now();
+        let sampler = RssSampler::start(pid);
+        let (_, rows) = timed(&agents.path, true, "PHI_BIG")?;
+        let q = sampler.quarters();
+        println!(
+            "quick: RSS before {:.1} MiB; peak after {small_rows} rows ({:.0} MiB of chunks) {:.1} MiB; \
+             peak after {rows} more rows in {:.1} s {:.1} MiB (by quarter {} MiB); RSS now {:.1} MiB",
+            idle as f64 / 1024.0,
+            small_bytes as f64 / (1 << 20) as f64,
+            hwm_small as f64 / 1024.0,
+            t.elapsed().as_secs_f64(),
+            vm_kib(pid, "VmHWM:") as f64 / 1024.0,
+            mib_q(q),
+            vm_kib(pid, "VmRSS:") as f64 / 1024.0,
+        );
+        return Ok(());
+    }
     eprintln!("bench: big result direct");
     let (direct_secs, direct_rows) = timed(&direct.path, false, "PHI_BIG")?;
     eprintln!("bench: big result through Tollgate");
+    let sampler = RssSampler::start(pid);
     let (via_secs, via_rows) = timed(&agents.path, true, "PHI_BIG")?;
+    let quarters = sampler.quarters();
     let hwm_big = vm_kib(pid, "VmHWM:");
     let big_bytes = chunk_bytes(&tg.log()) - small_bytes;
     anyhow::ensure!(
@@ -182,7 +215,7 @@ pub fn masking(root: &Path, out: &Path) -> Result<()> {
     )?;
     writeln!(
         md,
-        "Real Python driver (Arrow), `SELECT ID, NAME, SSN, NOTE, AMOUNT` over {BIG_ROWS} rows in chunks of {CHUNK_ROWS} rows (gzip'd by the stand-in); NAME redacted and SSN partially masked in every chunk by Tollgate. Direct = the same agent from a cgroup that is not redirected.\n"
+        "Real Python driver (Arrow), `SELECT ID, NAME, SSN, NOTE, AMOUNT` over {BIG_ROWS} rows: {FIRST_CHUNK_ROWS} inline, the rest in chunks of {CHUNK_ROWS} rows (gzip'd by the stand-in); NAME redacted and SSN partially masked in every chunk by Tollgate. Direct = the same agent from a cgroup that is not redirected.\n"
     )?;
     writeln!(
         md,
@@ -217,6 +250,11 @@ pub fn masking(root: &Path, out: &Path) -> Result<()> {
         "| peak RSS after the {BIG_ROWS}-row result ({:.0} MiB of chunks) | {:.1} MiB |",
         mib(big_bytes),
         hwm_big as f64 / 1024.0
+    )?;
+    writeln!(
+        md,
+        "| highest RSS in each quarter of the {BIG_ROWS}-row result (sampled every 250 ms) | {} MiB |",
+        mib_q(quarters)
     )?;
     println!("{md}");
     if let Some(dir) = out.parent() {

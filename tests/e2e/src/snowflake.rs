@@ -100,6 +100,8 @@ pub struct StandinOpts {
     pub storage_host: String,
     /// Rows per result chunk (`--chunk-rows`; None: the stand-in's default, 10000; 0: never).
     pub chunk_rows: Option<u32>,
+    /// Rows of a chunked Arrow result served inline (`--first-chunk-rows`; None: a chunk's).
+    pub first_chunk_rows: Option<u32>,
     /// SQL run at start-up (None: `tests/standin/seed.sql`, synthetic CLINICAL and BULK data).
     pub seed_sql: Option<PathBuf>,
     /// Whether chunk bodies are gzip'd.
@@ -114,6 +116,7 @@ impl Default for StandinOpts {
             account: "demo-acct".into(),
             storage_host: DEFAULT_STORAGE_HOST.into(),
             chunk_rows: None,
+            first_chunk_rows: None,
             seed_sql: None,
             chunk_gzip: true,
             extra_names: vec![],
@@ -178,6 +181,9 @@ impl Standin {
             .env("PYTHONDONTWRITEBYTECODE", "1");
         if let Some(n) = opts.chunk_rows {
             cmd.arg("--chunk-rows").arg(n.to_string());
+        }
+        if let Some(n) = opts.first_chunk_rows {
+            cmd.arg("--first-chunk-rows").arg(n.to_string());
         }
         if !opts.chunk_gzip {
             cmd.arg("--no-chunk-gzip");

@@ -14,25 +14,31 @@
 //! token, and after its own expiry. Tickets and storage URLs are never logged.
 //!
 //! Memory stays bounded while streaming: compressed input is fed to the decoder in small
-//! slices, the filter emits output per row or record batch, and a bounded channel applies the
-//! client's back-pressure to the storage download.
+//! slices, the filter emits output per row or record batch (big batches in slices), a bounded
+//! channel applies the client's back-pressure to the storage download, and a process-wide
+//! [`ChunkBudget`](crate::budget::ChunkBudget) bounds how many bytes the chunks being filtered hold at once, whatever the
+//! number of agents and of the chunks each fetches in parallel. A chunk reserves twice its
+//! announced size (its input message and its output) before it is fetched and keeps the
+//! reservation until its client has taken the last byte (at most [`BUDGET_HOLD`]); a chunk
+//! bigger than the whole budget waits for all of it and is filtered alone.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tollgate_identity::ProcessIdentity;
 use tollgate_mask::rowset::ColumnCounts;
 use tollgate_proxy::{BodyError, ConnectionContext, ProxyBody};
 use tollgate_wire::snowflake::Secret;
 use tracing::{debug, info, warn};
 
+use crate::budget::Reservation;
 use crate::plan::MaskedColumn;
 use crate::pool::BlockingPool;
 use crate::reply::text_reply;
@@ -55,6 +61,10 @@ const WORK_BATCH: usize = 64 << 10;
 /// Output frames buffered between the masking task and the client.
 const CHANNEL_FRAMES: usize = 4;
 
+/// Longest a served chunk keeps its share of the [`ChunkBudget`](crate::budget::ChunkBudget): a client that stops reading
+/// cannot hold back every other agent's chunks (past it, the chunk goes on outside the budget).
+pub const BUDGET_HOLD: Duration = Duration::from_secs(60);
+
 /// Why a chunk filter failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -62,8 +72,13 @@ pub struct FilterError(pub String);
 
 /// A streaming transformation of one chunk's (decompressed) body: masking and row caps.
 pub trait ChunkFilter: Send {
-    /// Consumes `input`, appending whatever output is complete to `out`.
+    /// Consumes `input`, appending whatever output is complete to `out` (a few MiB at most of
+    /// a big batch: the rest waits for [`drain`](Self::drain)).
     fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), FilterError>;
+    /// Whether output of input already consumed waits for [`drain`](Self::drain).
+    fn has_pending_output(&self) -> bool;
+    /// Appends the next piece of the output that waits.
+    fn drain(&mut self, out: &mut Vec<u8>) -> Result<(), FilterError>;
     /// Ends the body: appends the rest of the output, or fails on a truncated body. Returns
     /// the per-column counts (counts, never values).
     fn finish(self: Box<Self>, out: &mut Vec<u8>) -> Result<ColumnCounts, FilterError>;
@@ -250,6 +265,16 @@ pub async fn serve(
     done: Option<ChunkDone>,
 ) -> Response<ProxyBody> {
     let what = format!("result chunk {} of query {}", ticket.index, ticket.query_id);
+    // A filtered chunk holds its input message and its output: reserve both before fetching.
+    let reservation = match &ticket.filter {
+        Some(_) => Some(
+            storage
+                .chunk_budget()
+                .reserve(ticket.bytes.saturating_mul(2))
+                .await,
+        ),
+        None => None,
+    };
     let resp = match storage.get(&ticket.url, &ticket.headers).await {
         Ok(r) => r,
         Err(e) => {
@@ -292,6 +317,7 @@ pub async fn serve(
     let body = resp.into_body();
     let log_ticket = ticket.clone();
     let pool = pool.clone();
+    let released = hold(reservation, ticket.clone());
     tokio::spawn(async move {
         let feeder = Feeder::new(gzip_header, factory.make(), max);
         match pump(body, feeder, &pool, &tx).await {
@@ -322,24 +348,42 @@ pub async fn serve(
         }
         None => None,
     };
-    let stream = futures_util::stream::unfold((first, rx), |(first, mut rx)| async move {
-        if let Some(bytes) = first {
-            return Some((Ok(Frame::data(bytes)), (None, rx)));
-        }
-        match rx.recv().await? {
-            Ok(bytes) => Some((Ok(Frame::data(bytes)), (None, rx))),
-            Err(e) => Some((
-                Err(BodyError::from(format!("chunk aborted: {e}"))),
-                (None, rx),
-            )),
-        }
-    });
+    // The body keeps the reservation (`released`) until the client has taken its last byte.
+    let stream = futures_util::stream::unfold(
+        (first, rx, released),
+        |(first, mut rx, released)| async move {
+            if let Some(bytes) = first {
+                return Some((Ok(Frame::data(bytes)), (None, rx, released)));
+            }
+            match rx.recv().await? {
+                Ok(bytes) => Some((Ok(Frame::data(bytes)), (None, rx, released))),
+                Err(e) => Some((
+                    Err(BodyError::from(format!("chunk aborted: {e}"))),
+                    (None, rx, released),
+                )),
+            }
+        },
+    );
     let mut out = Response::new(StreamBody::new(stream).boxed());
     out.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
     out
+}
+
+/// Keeps `reservation` until the returned sender is dropped, or for [`BUDGET_HOLD`] at most.
+fn hold(reservation: Option<Reservation>, ticket: Arc<ChunkTicket>) -> oneshot::Sender<()> {
+    let (tx, rx) = oneshot::channel::<()>();
+    if let Some(reservation) = reservation {
+        tokio::spawn(async move {
+            if tokio::time::timeout(BUDGET_HOLD, rx).await.is_err() {
+                warn!(query = %ticket.query_id, chunk = ticket.index, "the client has not taken this chunk within {} s; its memory reservation is released", BUDGET_HOLD.as_secs());
+            }
+            drop(reservation);
+        });
+    }
+    tx
 }
 
 /// The CPU side of serving a chunk: inflating (when gzip'd, by header or magic bytes),
@@ -430,6 +474,14 @@ impl Feeder {
     }
 }
 
+/// A job of the pump on the pool.
+enum Step {
+    /// Input from storage.
+    Feed(Bytes),
+    /// More of the output of input already fed.
+    Drain,
+}
+
 /// Reads the storage body, hands it in batches to `feeder` on the pool, and sends the output.
 async fn pump<B>(
     mut body: B,
@@ -459,19 +511,32 @@ where
         }
         let data = std::mem::take(&mut batch).freeze();
         let mut f = feeder.take().ok_or("chunk filter lost")?;
-        let (f, out, res) = pool
-            .run(move || {
-                let mut out = Vec::new();
-                let res = f.feed(&data, &mut out);
-                (f, out, res)
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        res?;
-        feeder = Some(f);
-        if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
-            return Err("the client went away".into());
+        // One batch of input, then (a big batch's output) one piece of output per job, each
+        // sent before the next is made.
+        let mut step = Step::Feed(data);
+        loop {
+            let (back, out, res) = pool
+                .run(move || {
+                    let mut out = Vec::new();
+                    let res = match step {
+                        Step::Feed(data) => f.feed(&data, &mut out),
+                        Step::Drain => f.filter.drain(&mut out).map_err(|e| e.0),
+                    };
+                    (f, out, res)
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            res?;
+            f = back;
+            if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
+                return Err("the client went away".into());
+            }
+            if !f.filter.has_pending_output() {
+                break;
+            }
+            step = Step::Drain;
         }
+        feeder = Some(f);
     }
     let f = feeder.take().ok_or("chunk filter lost")?;
     let (out, counts) = pool
@@ -507,6 +572,12 @@ mod tests {
         fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), FilterError> {
             self.seen.extend_from_slice(input);
             out.extend_from_slice(input);
+            Ok(())
+        }
+        fn has_pending_output(&self) -> bool {
+            false
+        }
+        fn drain(&mut self, _out: &mut Vec<u8>) -> Result<(), FilterError> {
             Ok(())
         }
         fn finish(self: Box<Self>, _out: &mut Vec<u8>) -> Result<ColumnCounts, FilterError> {

@@ -37,6 +37,7 @@
 
 pub mod audit_gate;
 pub mod body;
+pub mod budget;
 pub mod chunks;
 pub mod classify;
 pub mod config;

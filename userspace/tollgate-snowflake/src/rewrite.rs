@@ -338,6 +338,12 @@ macro_rules! chunk_filter {
             fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), FilterError> {
                 <$masker>::push(self, input, out).map_err(|e| FilterError(e.to_string()))
             }
+            fn has_pending_output(&self) -> bool {
+                <$masker>::has_pending_output(self)
+            }
+            fn drain(&mut self, out: &mut Vec<u8>) -> Result<(), FilterError> {
+                <$masker>::drain(self, out).map_err(|e| FilterError(e.to_string()))
+            }
             fn finish(self: Box<Self>, out: &mut Vec<u8>) -> Result<ColumnCounts, FilterError> {
                 <$masker>::finish(*self, out).map_err(|e| FilterError(e.to_string()))
             }

@@ -21,6 +21,7 @@ use tollgate_proxy::UpstreamTls;
 use tollgate_wire::snowflake::Secret;
 use tracing::debug;
 
+use crate::budget::ChunkBudget;
 use crate::sync::lock;
 
 /// Idle keep-alive connections kept per storage host.
@@ -40,6 +41,10 @@ pub struct StorageConfig {
     pub max_chunk_decompressed: u64,
     /// How long a ticket stays valid.
     pub ticket_lifetime: Duration,
+    /// Bytes that the chunks being filtered may hold at once, process-wide (each reserves
+    /// twice its announced size: its input message and its output); a chunk bigger than this
+    /// is filtered alone.
+    pub chunk_memory_budget: u64,
 }
 
 impl Default for StorageConfig {
@@ -49,6 +54,7 @@ impl Default for StorageConfig {
             timeout: Duration::from_secs(30),
             max_chunk_decompressed: 16 << 30,
             ticket_lifetime: Duration::from_secs(6 * 3600),
+            chunk_memory_budget: 32 << 20,
         }
     }
 }
@@ -87,6 +93,7 @@ pub struct StorageClient {
     mark: Option<u32>,
     config: StorageConfig,
     idle: IdlePool,
+    budget: ChunkBudget,
 }
 
 impl std::fmt::Debug for StorageClient {
@@ -105,9 +112,15 @@ impl StorageClient {
         StorageClient {
             tls: tls.http1_only(),
             mark,
+            budget: ChunkBudget::new(config.chunk_memory_budget),
             config,
             idle: Arc::default(),
         }
+    }
+
+    /// The process-wide budget of the chunks being filtered.
+    pub fn chunk_budget(&self) -> &ChunkBudget {
+        &self.budget
     }
 
     /// The settings.

@@ -403,6 +403,9 @@ pub struct SnowflakeSection {
     pub chunk_ticket_lifetime_secs: u64,
     /// Largest decompressed result chunk served (bytes).
     pub max_chunk_decompressed_bytes: u64,
+    /// Bytes that the result chunks being masked may hold at once, over all agents (each
+    /// reserves twice its size; a bigger chunk is masked alone).
+    pub chunk_memory_budget_bytes: u64,
 }
 
 impl Default for SnowflakeSection {
@@ -425,6 +428,7 @@ impl Default for SnowflakeSection {
             storage_timeout_ms: millis(storage.timeout),
             chunk_ticket_lifetime_secs: storage.ticket_lifetime.as_secs(),
             max_chunk_decompressed_bytes: storage.max_chunk_decompressed,
+            chunk_memory_budget_bytes: storage.chunk_memory_budget,
         }
     }
 }

@@ -161,6 +161,7 @@ pub fn run(settings: Settings) -> Result<()> {
                 .collect(),
             timeout: Duration::from_millis(sf.storage_timeout_ms),
             max_chunk_decompressed: sf.max_chunk_decompressed_bytes,
+            chunk_memory_budget: sf.chunk_memory_budget_bytes,
             ticket_lifetime: Duration::from_secs(sf.chunk_ticket_lifetime_secs),
         },
     );

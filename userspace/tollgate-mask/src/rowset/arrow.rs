@@ -46,6 +46,23 @@ const MAX_PREALLOC: usize = 64 << 20;
 
 const CONTINUATION: [u8; 4] = [0xff; 4];
 
+/// Batches larger than this (in memory) are masked and written in slices of about this size.
+const SLICE_BYTES: usize = 1 << 20;
+
+/// Output a call writes of a big batch before it leaves the rest to `drain`.
+const OUTPUT_STEP: usize = 2 << 20;
+
+/// A decoded batch being written slice by slice.
+struct Held {
+    batch: RecordBatch,
+    /// Its input batch's number, for errors.
+    number: usize,
+    /// The first row not written yet.
+    next: usize,
+    /// Rows per slice.
+    step: usize,
+}
+
 /// How to render a masked column's values as text.
 #[derive(Debug, Clone, Copy)]
 enum Conv {
@@ -667,7 +684,10 @@ pub struct ArrowChunkMasker {
     schema: Option<SchemaRef>,
     ops: Vec<ArrowOp>,
     batches: usize,
-    emitted: u64,
+    /// Rows taken into the output so far (written, or held to be written).
+    accepted: u64,
+    /// A decoded batch whose slices are still to be written.
+    held: Option<Held>,
     counts: ColumnCounts,
     eos: bool,
     failed: bool,
@@ -680,7 +700,7 @@ impl std::fmt::Debug for ArrowChunkMasker {
             .field("limit", &self.limit)
             .field("offset", &self.offset)
             .field("batches", &self.batches)
-            .field("rows", &self.emitted)
+            .field("rows", &self.accepted)
             .field("failed", &self.failed)
             .finish_non_exhaustive()
     }
@@ -702,7 +722,8 @@ impl ArrowChunkMasker {
             schema: None,
             ops: Vec::new(),
             batches: 0,
-            emitted: 0,
+            accepted: 0,
+            held: None,
             counts: ColumnCounts::new(n),
             eos: false,
             failed: false,
@@ -726,11 +747,7 @@ impl ArrowChunkMasker {
         }
         let r = self.feed(input, out);
         if r.is_err() {
-            self.failed = true;
-            self.pending = Vec::new();
-            if let Some(w) = &mut self.writer {
-                w.get_mut().clear();
-            }
+            self.fail();
         }
         r
     }
@@ -742,6 +759,7 @@ impl ArrowChunkMasker {
         if self.failed {
             return Err(RowsetError::Failed);
         }
+        self.write_held(out, None)?;
         let limit_reached = self.limit_reached();
         let complete = match self.frame {
             Frame::Prefix => self.pending.is_empty(),
@@ -774,13 +792,13 @@ impl ArrowChunkMasker {
                 batch: self.batches,
                 problem: describe_arrow_error(&e),
             })?;
-            out.append(writer.get_mut());
+            move_out(writer.get_mut(), out);
         }
         Ok(self.counts)
     }
 
     fn limit_reached(&self) -> bool {
-        self.limit.is_some_and(|l| self.emitted >= l)
+        self.limit.is_some_and(|l| self.accepted >= l)
     }
 
     fn kind_name(&self, kind: Kind) -> String {
@@ -927,6 +945,8 @@ impl ArrowChunkMasker {
                     if self.pending.len() < total {
                         return Ok(());
                     }
+                    // The output stays in order: a batch not drained yet is written first.
+                    self.write_held(out, None)?;
                     let bytes = std::mem::take(&mut self.pending);
                     self.message(bytes, prefix, meta, kind, out)?;
                     self.frame = Frame::Prefix;
@@ -987,7 +1007,7 @@ impl ArrowChunkMasker {
                         .read_record_batch()
                 })
                 .map_err(malformed)?;
-                self.batch(batch, out)
+                self.batch(batch, body.len(), out)
             }
             MessageHeader::DictionaryBatch => {
                 let schema = self
@@ -1033,7 +1053,7 @@ impl ArrowChunkMasker {
                     batch: 0,
                     problem: describe_arrow_error(&e),
                 })?;
-        out.append(writer.get_mut());
+        move_out(writer.get_mut(), out);
         self.writer = Some(writer);
         self.schema = Some(out_schema);
         self.in_schema = Some(Arc::new(schema));
@@ -1041,17 +1061,99 @@ impl ArrowChunkMasker {
         Ok(())
     }
 
-    fn batch(&mut self, batch: RecordBatch, out: &mut Vec<u8>) -> Result<(), RowsetError> {
+    /// Masks and writes a decoded batch whose message body had `body_len` bytes.
+    fn batch(
+        &mut self,
+        batch: RecordBatch,
+        body_len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RowsetError> {
         let number = self.batches;
         self.batches += 1;
         let mut batch = batch;
+        let all_rows = batch.num_rows().max(1);
         if let Some(limit) = self.limit {
-            let remaining = limit.saturating_sub(self.emitted);
+            let remaining = limit.saturating_sub(self.accepted);
             if batch.num_rows() as u64 > remaining {
                 batch = batch.slice(0, remaining as usize);
                 self.counts.set_truncated();
             }
         }
+        // A big batch is masked and written in slices of about `SLICE_BYTES`, at most
+        // `OUTPUT_STEP` bytes per call: what is held beside the input is one slice's masked
+        // columns and a few slices of output, not a second copy of the whole batch (the output
+        // stream has more, smaller batches of the same rows). The rest waits for `drain`.
+        let rows = batch.num_rows();
+        self.accepted += rows as u64;
+        let size = (body_len as u128 * rows as u128 / all_rows as u128) as usize;
+        let pieces = size.div_ceil(SLICE_BYTES).clamp(1, rows.max(1));
+        self.held = Some(Held {
+            batch,
+            number,
+            next: 0,
+            step: rows.div_ceil(pieces).max(1),
+        });
+        self.write_held(out, Some(OUTPUT_STEP))
+    }
+
+    /// Writes slices of the held batch until `out` has grown by `limit` bytes (all of them
+    /// with `None`).
+    fn write_held(&mut self, out: &mut Vec<u8>, limit: Option<usize>) -> Result<(), RowsetError> {
+        let start = out.len();
+        while let Some(held) = self.held.take() {
+            let rows = held.batch.num_rows();
+            let len = held.step.min(rows - held.next);
+            let piece = if len == rows {
+                held.batch.clone()
+            } else {
+                held.batch.slice(held.next, len)
+            };
+            self.write_piece(&piece, held.number, out)?;
+            let next = held.next + len;
+            if next < rows {
+                self.held = Some(Held { next, ..held });
+            }
+            if limit.is_some_and(|l| out.len() - start >= l) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether output of an already decoded batch waits for [`drain`](Self::drain).
+    pub fn has_pending_output(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Appends the next few MiB of output that a big batch still holds (see
+    /// [`has_pending_output`](Self::has_pending_output)).
+    pub fn drain(&mut self, out: &mut Vec<u8>) -> Result<(), RowsetError> {
+        if self.failed {
+            return Err(RowsetError::Failed);
+        }
+        let r = self.write_held(out, Some(OUTPUT_STEP));
+        if r.is_err() {
+            self.fail();
+        }
+        r
+    }
+
+    fn fail(&mut self) {
+        self.failed = true;
+        self.pending = Vec::new();
+        self.held = None;
+        if let Some(w) = &mut self.writer {
+            w.get_mut().clear();
+        }
+    }
+
+    /// Masks and writes one batch (or slice of one); `number` is its input batch's, for errors.
+    fn write_piece(
+        &mut self,
+        batch: &RecordBatch,
+        number: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RowsetError> {
         let rows = batch.num_rows();
         let (Some(schema), Some(writer)) = (&self.schema, &mut self.writer) else {
             return Err(RowsetError::MalformedIpc {
@@ -1090,15 +1192,24 @@ impl ArrowChunkMasker {
             batch: number,
             problem: describe_arrow_error(&e),
         })?;
-        out.append(writer.get_mut());
+        move_out(writer.get_mut(), out);
         for (i, c) in counts.iter().enumerate() {
             let mine = self.counts.column_mut(i);
             mine.masked += c.masked;
             mine.findings.merge(&c.findings);
         }
         self.counts.add_rows(rows as u64);
-        self.emitted += rows as u64;
         Ok(())
+    }
+}
+
+/// Appends what the writer produced to `out` (moving the buffer when `out` has no room, so that
+/// a big output is never held twice).
+fn move_out(written: &mut Vec<u8>, out: &mut Vec<u8>) {
+    if out.is_empty() && out.capacity() < written.len() {
+        std::mem::swap(written, out);
+    } else {
+        out.append(written);
     }
 }
 

@@ -265,6 +265,17 @@ impl JsonChunkMasker {
         r
     }
 
+    /// Always `false`: every row's output is appended by the [`push`](Self::push) that
+    /// completes it (the same interface as the Arrow masker's).
+    pub fn has_pending_output(&self) -> bool {
+        false
+    }
+
+    /// Appends nothing: no output ever waits (see [`has_pending_output`](Self::has_pending_output)).
+    pub fn drain(&mut self, _out: &mut Vec<u8>) -> Result<(), RowsetError> {
+        Ok(())
+    }
+
     /// Ends the chunk: fails if it ended inside a row or after a trailing `,`. Returns what
     /// was masked.
     pub fn finish(self, _out: &mut Vec<u8>) -> Result<ColumnCounts, RowsetError> {
