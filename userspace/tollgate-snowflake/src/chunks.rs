@@ -589,6 +589,69 @@ mod tests {
         }
     }
 
+    /// Holds everything it is fed and hands it out 1000 bytes per `drain`, like a big batch.
+    struct Trickle {
+        held: Vec<u8>,
+        drains: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl ChunkFilter for Trickle {
+        fn push(&mut self, input: &[u8], _out: &mut Vec<u8>) -> Result<(), FilterError> {
+            self.held.extend_from_slice(input);
+            Ok(())
+        }
+        fn has_pending_output(&self) -> bool {
+            !self.held.is_empty()
+        }
+        fn drain(&mut self, out: &mut Vec<u8>) -> Result<(), FilterError> {
+            self.drains
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let k = self.held.len().min(1000);
+            out.extend(self.held.drain(..k));
+            Ok(())
+        }
+        fn finish(mut self: Box<Self>, out: &mut Vec<u8>) -> Result<ColumnCounts, FilterError> {
+            // Like the Arrow masker: whatever is still held is written at the end.
+            out.append(&mut self.held);
+            Ok(ColumnCounts::new(1))
+        }
+    }
+
+    #[tokio::test]
+    async fn held_output_is_drained_piece_by_piece_each_sent_on_its_own() {
+        let p = payload();
+        let drains = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let filter = Trickle {
+            held: Vec::new(),
+            drains: drains.clone(),
+        };
+        let (tx, mut rx) = mpsc::channel(1 << 16);
+        let feeder = Feeder::new(Some(true), Box::new(filter), u64::MAX);
+        let r = pump(
+            Full::new(Bytes::from(gz(&p))),
+            feeder,
+            &BlockingPool::new(1),
+            &tx,
+        )
+        .await;
+        drop(tx);
+        assert!(r.is_ok(), "{r:?}");
+        let mut frames = Vec::new();
+        while let Some(Ok(b)) = rx.recv().await {
+            frames.push(b);
+        }
+        assert_eq!(frames.concat(), p);
+        // Every frame but the last (what the end of the gzip stream held) is one drain's.
+        let (last, drained) = frames.split_last().unwrap();
+        assert!(drained.len() > 100, "{} frames", frames.len());
+        assert!(drained.iter().all(|b| b.len() <= 1000));
+        assert!(last.len() <= p.len());
+        assert_eq!(
+            drains.load(std::sync::atomic::Ordering::SeqCst),
+            drained.len()
+        );
+    }
+
     fn gz(data: &[u8]) -> Vec<u8> {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         e.write_all(data).unwrap();
