@@ -101,16 +101,23 @@ impl MaskKey {
 
     /// The token for `value` under this key.
     pub fn token(&self, value: &str) -> String {
+        let mut out = String::with_capacity(TOKEN_PREFIX.len() + 32);
+        self.push_token(value, &mut out);
+        out
+    }
+
+    /// Appends the token for `value` under this key to `out`.
+    pub fn push_token(&self, value: &str, out: &mut String) {
         let mut mac = self.mac.clone();
         mac.update(value.as_bytes());
         let tag = mac.finalize().into_bytes();
-        let mut out = String::with_capacity(TOKEN_PREFIX.len() + 32);
-        out.push_str(TOKEN_PREFIX);
-        for b in &tag[..16] {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        let mut hex = [0u8; 32];
+        for (pair, b) in hex.chunks_exact_mut(2).zip(&tag[..16]) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 0xf)];
         }
-        out
+        out.push_str(TOKEN_PREFIX);
+        out.push_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"));
     }
 }
 
@@ -125,37 +132,68 @@ impl fmt::Debug for MaskKey {
 impl Method {
     /// Masks one value.
     pub fn apply(&self, value: &str) -> MaskedValue {
-        match self {
-            Method::Redact => MaskedValue::Text(REDACTED.to_owned()),
-            Method::Partial { keep_last } => MaskedValue::Text(partial(value, *keep_last)),
-            Method::Token { key } => MaskedValue::Text(key.token(value)),
-            Method::Null => MaskedValue::Null,
-            Method::Generalize => {
-                MaskedValue::Text(generalize(value).unwrap_or_else(|| REDACTED.to_owned()))
-            }
+        let mut out = String::new();
+        if self.apply_into(value, &mut out) {
+            MaskedValue::Text(out)
+        } else {
+            MaskedValue::Null
         }
+    }
+
+    /// Masks one value into `out` (appended), without allocating when `out` has room; returns
+    /// `false` when the value becomes `NULL` (nothing is appended).
+    pub fn apply_into(&self, value: &str, out: &mut String) -> bool {
+        match self {
+            Method::Redact => out.push_str(REDACTED),
+            Method::Partial { keep_last } => partial(value, *keep_last, out),
+            Method::Token { key } => key.push_token(value, out),
+            Method::Null => return false,
+            Method::Generalize => match generalize(value) {
+                Some(g) => out.push_str(&g),
+                None => out.push_str(REDACTED),
+            },
+        }
+        true
     }
 }
 
-fn partial(value: &str, keep_last: usize) -> String {
+fn partial(value: &str, keep_last: usize, out: &mut String) {
+    if value.is_ascii() {
+        // The common case, byte by byte: ASCII letters and digits are the alphanumerics.
+        let bytes = value.as_bytes();
+        let maskable = bytes.iter().filter(|b| b.is_ascii_alphanumeric()).count();
+        let keep = if keep_last >= maskable { 0 } else { keep_last };
+        let mut seen = 0;
+        out.reserve(bytes.len());
+        for &b in bytes {
+            if b.is_ascii_alphanumeric() {
+                seen += 1;
+                out.push(if seen > maskable - keep {
+                    char::from(b)
+                } else {
+                    '*'
+                });
+            } else {
+                out.push(char::from(b));
+            }
+        }
+        return;
+    }
     let maskable = value.chars().filter(|c| c.is_alphanumeric()).count();
     // Revealing every letter and digit would not mask anything.
     let keep = if keep_last >= maskable { 0 } else { keep_last };
     let mut seen = 0;
-    value
-        .chars()
-        .map(|c| {
-            if !c.is_alphanumeric() {
-                return c;
-            }
-            seen += 1;
-            if seen > maskable - keep {
-                c
-            } else {
-                '*'
-            }
-        })
-        .collect()
+    out.extend(value.chars().map(|c| {
+        if !c.is_alphanumeric() {
+            return c;
+        }
+        seen += 1;
+        if seen > maskable - keep {
+            c
+        } else {
+            '*'
+        }
+    }));
 }
 
 /// Safe Harbor generalisation of a date, ZIP code or age; `None` if `value` is none of these.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::detect::{Detector, DetectorSet};
-use crate::method::{MaskedValue, Method, REDACTED};
+use crate::method::{Method, REDACTED};
 
 /// How many values of each kind were masked; for the audit record (never the values).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -70,9 +70,8 @@ pub(crate) fn mask_text_by_kind<'m>(
     let mut copied = 0;
     for f in findings {
         out.push_str(&text[copied..f.span.start]);
-        match method_for(f.kind).apply(&text[f.span.clone()]) {
-            MaskedValue::Text(s) => out.push_str(&s),
-            MaskedValue::Null => out.push_str(REDACTED),
+        if !method_for(f.kind).apply_into(&text[f.span.clone()], &mut out) {
+            out.push_str(REDACTED);
         }
         copied = f.span.end;
         counts.add(f.kind);

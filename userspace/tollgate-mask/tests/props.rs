@@ -90,3 +90,52 @@ proptest! {
         }
     }
 }
+
+/// `Partial` as specified, char by char (the reference for its ASCII fast path).
+fn partial_reference(value: &str, keep_last: usize) -> String {
+    let maskable = value.chars().filter(|c| c.is_alphanumeric()).count();
+    let keep = if keep_last >= maskable { 0 } else { keep_last };
+    let mut seen = 0;
+    value
+        .chars()
+        .map(|c| {
+            if !c.is_alphanumeric() {
+                return c;
+            }
+            seen += 1;
+            if seen > maskable - keep {
+                c
+            } else {
+                '*'
+            }
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    #[test]
+    fn partial_fast_path_agrees_with_the_reference(
+        value in prop_oneof!["[ -~]{0,40}", "\\PC{0,40}", "[0-9a-zé ü-]{0,20}"],
+        keep_last in 0usize..12,
+    ) {
+        let m = Method::Partial { keep_last };
+        let got = m.apply(&value);
+        let want = partial_reference(&value, keep_last);
+        prop_assert_eq!(got.as_text(), Some(want.as_str()));
+        // `apply_into` appends the same text after what the buffer already holds.
+        let mut buf = String::from("prefix:");
+        prop_assert!(m.apply_into(&value, &mut buf));
+        prop_assert_eq!(&buf[7..], partial_reference(&value, keep_last));
+    }
+
+    #[test]
+    fn tokens_appended_equal_tokens_returned(value in "\\PC{0,40}") {
+        let key = MaskKey::from_bytes(&[9; 32]).unwrap();
+        let mut buf = String::from("x");
+        key.push_token(&value, &mut buf);
+        prop_assert_eq!(&buf[1..], key.token(&value));
+        prop_assert_eq!(buf.len(), 1 + 4 + 32);
+    }
+}

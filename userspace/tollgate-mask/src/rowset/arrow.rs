@@ -35,7 +35,7 @@ use super::value::{
     tz_offset, SfType,
 };
 use super::{ColumnCount, ColumnCounts, DetectRule, RowsetError};
-use crate::method::{MaskedValue, Method, REDACTED};
+use crate::method::{Method, REDACTED};
 use crate::text::mask_text_by_kind;
 
 /// Largest IPC message header (flatbuffer) accepted; real schema messages are a few KiB.
@@ -548,20 +548,22 @@ fn mask_column(
             let mut b = GenericStringBuilder::<i32>::with_capacity(array.len(), array.len() * 8);
             let mut total: usize = 0;
             let mut masked = 0;
+            // One buffer for every value of the column (`scratch` holds the rendered input).
+            let mut value = String::new();
             for_each_text(array.as_ref(), *conv, scratch, &bad, &mut |v| {
                 match v {
                     None => b.append_null(),
                     Some(text) => {
                         masked += 1;
-                        match method.apply(text) {
-                            MaskedValue::Text(s) => {
-                                total += s.len();
-                                if total > i32::MAX as usize {
-                                    return Err(too_large());
-                                }
-                                b.append_value(s);
+                        value.clear();
+                        if method.apply_into(text, &mut value) {
+                            total += value.len();
+                            if total > i32::MAX as usize {
+                                return Err(too_large());
                             }
-                            MaskedValue::Null => b.append_null(),
+                            b.append_value(&value);
+                        } else {
+                            b.append_null();
                         }
                     }
                 }
