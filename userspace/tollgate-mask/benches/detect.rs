@@ -6,7 +6,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use tollgate_mask::DetectorSet;
+use tollgate_mask::{Detector, DetectorSet};
 
 const WORDS: &[&str] = &[
     "patient",
@@ -32,18 +32,6 @@ const WORDS: &[&str] = &[
     "room",
     "4B",
 ];
-const PHI: &[&str] = &[
-    "219-09-9999",
-    "jane.doe@example.com",
-    "(415) 555-0132",
-    "1980-01-02",
-    "MRN: 12345678",
-    "1234567893",
-    "4111 1111 1111 1111",
-    "10.0.0.1",
-    "1600 Pennsylvania Ave",
-    "IL 62704",
-];
 
 /// About `len` bytes of notes; every `phi_every`-th word is a PHI value (0: never).
 fn notes(len: usize, phi_every: usize) -> String {
@@ -57,7 +45,7 @@ fn notes(len: usize, phi_every: usize) -> String {
         let r = (state >> 33) as usize;
         i += 1;
         let word = if phi_every != 0 && i % phi_every == 0 {
-            PHI[r % PHI.len()]
+            Detector::EXAMPLES[r % Detector::EXAMPLES.len()].1
         } else {
             WORDS[r % WORDS.len()]
         };

@@ -275,3 +275,19 @@ fn config_is_strict_serde() {
         );
     }
 }
+
+#[test]
+fn every_example_is_found_as_its_kind() {
+    let standard = DetectorSet::standard();
+    for (kind, example) in Detector::EXAMPLES {
+        let found = standard.scan(example);
+        assert_eq!(found.len(), 1, "{example:?}: {found:?}");
+        assert_eq!(found[0].kind, kind, "{example:?}");
+    }
+    let listed: Vec<Detector> = Detector::EXAMPLES.iter().map(|&(k, _)| k).collect();
+    assert_eq!(
+        listed,
+        Detector::ALL,
+        "one example per detector, in ALL order"
+    );
+}
