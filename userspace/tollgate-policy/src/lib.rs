@@ -27,6 +27,7 @@ pub mod glob;
 pub mod lineage;
 pub mod names;
 pub mod policy;
+pub mod prepared;
 mod prescan;
 pub mod profile;
 pub mod redact;
@@ -43,8 +44,9 @@ pub use evaluate::{
 pub use lineage::{OutputItem, ProjectionLineage, StatementLineage};
 pub use names::{ColumnRef, NameContext, TableName};
 pub use policy::{load, Issue, Policy, PolicyError};
+pub use prepared::{Prepared, StatementCache};
 pub use profile::{safe_harbor_method, MASK_PROFILES, SAFE_HARBOR_TAGS};
-pub use redact::{fingerprint, redact_literals};
+pub use redact::{fingerprint, literal_free, redact_literals, LiteralFree};
 pub use resolve::{ColumnAction, ResultColumnMeta};
 pub use schema::{ByteSize, ClassifiedCopies, MaskMethod, MaskedPredicates, UnknownLineage};
 /// Who is asking: the policy's input (defined in `tollgate-identity`, shared with the proxy, the

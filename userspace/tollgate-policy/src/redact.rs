@@ -10,34 +10,59 @@ use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
 /// space. Identifiers, keywords, operators and bind placeholders are kept as written. Text the
 /// tokenizer rejects goes through a cruder scanner that errs on the side of redacting more.
 pub fn redact_literals(sql: &str) -> String {
-    match tokens(sql) {
-        Some(tokens) => {
-            let mut out = String::with_capacity(sql.len());
-            for token in &tokens {
-                push_token(&mut out, token, false);
-            }
-            out
-        }
-        None => fallback_redact(sql),
-    }
+    literal_free(sql).redacted
 }
 
 /// A stable hash (hex, 128 bits of SHA-256) of the statement text with literals replaced by `?`,
 /// comments removed, whitespace collapsed and unquoted words upper-cased.
 pub fn fingerprint(sql: &str) -> String {
-    let normalised = match tokens(sql) {
+    literal_free(sql).fingerprint
+}
+
+/// Both literal-free forms of a statement's text, from one tokenisation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiteralFree {
+    /// [`redact_literals`].
+    pub redacted: String,
+    /// [`fingerprint`].
+    pub fingerprint: String,
+}
+
+/// [`redact_literals`] and [`fingerprint`] of `sql`, tokenising it once.
+pub fn literal_free(sql: &str) -> LiteralFree {
+    let (redacted, normalised) = match tokens(sql) {
         Some(tokens) => {
-            let mut out = String::with_capacity(sql.len());
+            let mut redacted = String::with_capacity(sql.len());
+            let mut normalised = String::with_capacity(sql.len());
             for token in &tokens {
-                push_token(&mut out, token, true);
+                push_token(&mut redacted, token, false);
+                push_token(&mut normalised, token, true);
             }
-            out
+            (redacted, normalised)
         }
-        None => fallback_redact(sql).to_uppercase(),
+        None => {
+            let redacted = fallback_redact(sql);
+            let normalised = redacted.to_uppercase();
+            (redacted, normalised)
+        }
     };
-    let collapsed = normalised.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut collapsed = String::with_capacity(normalised.len());
+    for word in normalised.split_whitespace() {
+        if !collapsed.is_empty() {
+            collapsed.push(' ');
+        }
+        collapsed.push_str(word);
+    }
     let digest = Sha256::digest(collapsed.trim_end_matches([';', ' ']).as_bytes());
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    let mut fingerprint = String::with_capacity(32);
+    for b in &digest[..16] {
+        use std::fmt::Write as _;
+        let _ = write!(fingerprint, "{b:02x}");
+    }
+    LiteralFree {
+        redacted,
+        fingerprint,
+    }
 }
 
 fn tokens(sql: &str) -> Option<Vec<Token>> {

@@ -16,6 +16,14 @@ pub enum UnknownEndpoints {
 /// needs them rewritten, withheld otherwise.
 pub const DEFAULT_MAX_INSPECTED_RESPONSE: usize = 64 << 20;
 
+/// Bytes of recently seen statement texts whose analysis is kept (see
+/// [`tollgate_policy::StatementCache`]).
+pub const DEFAULT_STATEMENT_CACHE: u64 = 4 << 20;
+
+/// Results up to this size (as received) are processed on the exchange's own task: for them
+/// a hand-off to the rewrite pool costs more than the work.
+pub const DEFAULT_INLINE_RESULT: usize = 64 << 10;
+
 /// Settings of the Snowflake layer.
 #[derive(Debug, Clone)]
 pub struct SnowflakeConfig {
@@ -30,6 +38,10 @@ pub struct SnowflakeConfig {
     /// Threads that parse, mask and re-encode results at once (off the async runtime), so one
     /// big result cannot stall other agents; `0` picks the number of CPUs.
     pub rewrite_threads: usize,
+    /// Bytes of statement analyses kept for texts sent again; `0` analyses every statement.
+    pub statement_cache: u64,
+    /// Results up to this many bytes are processed without the hand-off to the pool.
+    pub inline_result: usize,
 }
 
 impl Default for SnowflakeConfig {
@@ -40,6 +52,8 @@ impl Default for SnowflakeConfig {
             max_inspected_response: DEFAULT_MAX_INSPECTED_RESPONSE,
             host: None,
             rewrite_threads: 0,
+            statement_cache: DEFAULT_STATEMENT_CACHE,
+            inline_result: DEFAULT_INLINE_RESULT,
         }
     }
 }

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use tollgate_policy::{
-    analyze, fingerprint, Action, Decision, EvalInput, Identity, NameContext, Policy,
-    StatementKind, UseKind,
+    Action, Decision, EvalInput, Identity, NameContext, Policy, StatementCache, StatementKind,
+    UseKind,
 };
 
 use crate::plan::ResultPlan;
@@ -66,24 +66,35 @@ pub struct Decided {
     pub kinds: Vec<String>,
     /// The literal-free fingerprint of the SQL.
     pub fingerprint: String,
+    /// The SQL with its literals redacted (what the audit trail records unless the rule says
+    /// otherwise).
+    pub redacted_sql: String,
     /// Tables the statements touch, sorted and unique.
     pub tables: Vec<String>,
     /// What to do.
     pub verdict: Verdict,
 }
 
-/// Decides `statement` for `identity` under `policy`.
-pub fn decide(policy: &Arc<Policy>, identity: &Identity, statement: Statement<'_>) -> Decided {
+/// Decides `statement` for `identity` under `policy`. The statement's analysis comes from
+/// `statements` when its text was seen in the same context before (the cache only saves work:
+/// the verdict is the same either way).
+pub fn decide(
+    policy: &Arc<Policy>,
+    statements: &StatementCache,
+    identity: &Identity,
+    statement: Statement<'_>,
+) -> Decided {
     let ctx = NameContext {
         database: identity.snowflake.database.clone(),
         schema: identity.snowflake.schema.clone(),
     };
-    let analysis = analyze(statement.sql, &ctx);
+    let prepared = statements.prepare(statement.sql, &ctx);
+    let analysis = &prepared.analysis;
     let decision = policy.evaluate(&EvalInput {
         identity,
         analysis: analysis.as_ref(),
     });
-    let kinds = match &analysis {
+    let kinds = match analysis {
         Ok(a) => a.statements.iter().map(|s| s.kind.to_string()).collect(),
         Err(_) => vec!["unparseable".to_owned()],
     };
@@ -119,6 +130,7 @@ pub fn decide(policy: &Arc<Policy>, identity: &Identity, statement: Statement<'_
     let verdict = match &decision.action {
         Action::Allow => {
             let uses = analysis
+                .as_ref()
                 .map(|a| {
                     a.statements
                         .iter()
@@ -151,7 +163,8 @@ pub fn decide(policy: &Arc<Policy>, identity: &Identity, statement: Statement<'_
     };
     Decided {
         kinds,
-        fingerprint: fingerprint(statement.sql),
+        fingerprint: prepared.literal_free.fingerprint.clone(),
+        redacted_sql: prepared.literal_free.redacted.clone(),
         tables,
         verdict,
         decision,
@@ -209,7 +222,12 @@ rules:
     #[test]
     fn the_three_verdicts() {
         let p = policy(POLICY);
-        let d = decide(&p, &identity(), stmt("select * from notes where id = 42"));
+        let d = decide(
+            &p,
+            &StatementCache::new(1 << 20),
+            &identity(),
+            stmt("select * from notes where id = 42"),
+        );
         match d.verdict {
             Verdict::Deny(r) => {
                 assert_eq!(r.kind, RefusalKind::Denied);
@@ -219,18 +237,29 @@ rules:
             other => panic!("expected a denial, got {other:?}"),
         }
         assert_eq!(d.tables, vec!["CLINICAL.PUBLIC.NOTES".to_owned()]);
-        let other = decide(&p, &identity(), stmt("select * from notes where id = 7"));
+        let other = decide(
+            &p,
+            &StatementCache::new(1 << 20),
+            &identity(),
+            stmt("select * from notes where id = 7"),
+        );
         assert_eq!(
             d.fingerprint, other.fingerprint,
             "the fingerprint ignores literals"
         );
-        let d = decide(&p, &identity(), stmt("use schema other"));
+        let d = decide(
+            &p,
+            &StatementCache::new(1 << 20),
+            &identity(),
+            stmt("use schema other"),
+        );
         match d.verdict {
             Verdict::Allow(a) => assert_eq!(a.uses, vec![(UseKind::Schema, "OTHER".into())]),
             other => panic!("expected allow, got {other:?}"),
         }
         let d = decide(
             &p,
+            &StatementCache::new(1 << 20),
             &identity(),
             stmt("insert into clinical.public.visits values (1)"),
         );
@@ -245,9 +274,49 @@ rules:
     }
 
     #[test]
+    fn a_cached_statement_is_decided_afresh_for_each_identity_and_policy() {
+        let p = policy(
+            r#"
+version: 1
+defaults: { no_rule_matched: deny }
+rules:
+  - id: analysts-read
+    match: { snowflake: { role: [ANALYST] }, statements: [select] }
+    action: allow
+"#,
+        );
+        let cache = StatementCache::new(1 << 20);
+        let mut analyst = identity();
+        analyst.snowflake.role = Some("ANALYST".into());
+        let mut other = identity();
+        other.snowflake.role = Some("INTERN".into());
+        let sql = "select * from visits where id = 3";
+        let first = decide(&p, &cache, &analyst, stmt(sql));
+        assert!(matches!(first.verdict, Verdict::Allow(_)));
+        let second = decide(&p, &cache, &other, stmt(sql));
+        assert!(
+            matches!(second.verdict, Verdict::Deny(_)),
+            "same text, other role"
+        );
+        let third = decide(&policy(POLICY), &cache, &analyst, stmt(sql));
+        assert_eq!(
+            third.decision.rule_id, "reads",
+            "same text, the policy in force"
+        );
+        assert_eq!(cache.len(), 1, "one analysis served all three");
+        assert_eq!(first.fingerprint, second.fingerprint);
+        assert_eq!(first.redacted_sql, "select * from visits where id = ?");
+    }
+
+    #[test]
     fn unparseable_sql_is_decided_by_the_default_and_named() {
         let p = policy(POLICY);
-        let d = decide(&p, &identity(), stmt("selec nonsense ((("));
+        let d = decide(
+            &p,
+            &StatementCache::new(1 << 20),
+            &identity(),
+            stmt("selec nonsense ((("),
+        );
         assert_eq!(d.kinds, vec!["unparseable".to_owned()]);
         assert!(matches!(d.verdict, Verdict::Deny(_)));
     }
@@ -257,6 +326,7 @@ rules:
         let p = policy(POLICY);
         let d = decide(
             &p,
+            &StatementCache::new(1 << 20),
             &identity(),
             Statement {
                 sql: "select * from notes",

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use tollgate_audit::Event;
 use tollgate_identity::Identity;
-use tollgate_policy::Policy;
+use tollgate_policy::{Policy, StatementCache};
 use tollgate_proxy::record::ConnectionRecord;
 use tollgate_proxy::{
     ConnectionContext, ExchangeFilter, ExchangeHooks, HookFuture, ProxyBody, RequestAction,
@@ -39,9 +39,9 @@ use crate::identify::{
 use crate::logging::{self, Record};
 use crate::observe;
 use crate::plan::Masking;
-use crate::pool::BlockingPool;
+use crate::pool::{self, BlockingPool};
 use crate::reply::{full, text_reply, Api, Refusal, RefusalKind, Withheld, WithheldReason};
-use crate::rewrite::{process_result, ResultBody, ResultJob};
+use crate::rewrite::{self, process_result, ResultBody, ResultJob};
 use crate::session::{Session, SessionTable};
 use crate::sql_api::{self, AllowedHandles, SqlApiIdentity};
 use crate::storage::StorageClient;
@@ -100,6 +100,7 @@ pub struct SnowflakeHooks {
     audit: Option<Auditor>,
     sql_handles: AllowedHandles,
     pool: BlockingPool,
+    statements: StatementCache,
     stats: LayerStats,
 }
 
@@ -116,6 +117,7 @@ impl SnowflakeHooks {
     /// Hooks enforcing `policy`.
     pub fn new(config: SnowflakeConfig, policy: Arc<Policy>) -> Self {
         let pool = BlockingPool::new(config.rewrite_threads);
+        let statements = StatementCache::new(config.statement_cache);
         SnowflakeHooks {
             config,
             policy: RwLock::new(policy),
@@ -126,6 +128,7 @@ impl SnowflakeHooks {
             audit: None,
             sql_handles: AllowedHandles::default(),
             pool,
+            statements,
             stats: LayerStats::default(),
         }
     }
@@ -653,7 +656,7 @@ impl SnowflakeExchange {
         api: Option<&SqlApiIdentity>,
     ) -> Result<(Allowed, Option<String>), Refusal> {
         let layer = &self.layer;
-        let decided: Decided = decide(&layer.policy(), identity, statement);
+        let decided: Decided = decide(&layer.policy(), &layer.statements, identity, statement);
         bump(&layer.stats.statements);
         let session_id = session.map(|s| s.id.as_str()).unwrap_or("-");
         let verdict_name = match &decided.verdict {
@@ -767,20 +770,31 @@ impl SnowflakeExchange {
                 }
             }
             Ok((raw, None)) => {
+                let encoding = parts
+                    .headers
+                    .get(http::header::CONTENT_ENCODING)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let inline = rewrite::small_enough_inline(
+                    &raw,
+                    encoding.as_deref(),
+                    layer.config.inline_result,
+                );
                 let job = ResultJob {
                     raw: raw.clone(),
-                    encoding: parts
-                        .headers
-                        .get(http::header::CONTENT_ENCODING)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned),
+                    encoding,
                     limits: layer.config.response_limits(),
                     statement: st,
                     masking: layer.masking.clone(),
                     chunks: layer.chunks.clone(),
                     ticket_lifetime: layer.storage.as_ref().map(|s| s.config().ticket_lifetime),
                 };
-                let (body, out) = match layer.pool.run(move || process_result(job)).await {
+                let processed = if inline {
+                    pool::run_here(move || process_result(job))
+                } else {
+                    layer.pool.run(move || process_result(job)).await
+                };
+                let (body, out) = match processed {
                     Ok(x) => x,
                     Err(e) => {
                         let mut out = ResultOutcome::new(ResultStatus::Withheld);

@@ -250,7 +250,7 @@ fn statement(
         sql.clone_into(&mut q.sql);
         q.sql_full = true;
     } else {
-        q.sql = tollgate_policy::redact_literals(sql);
+        q.sql.clone_from(&decided.redacted_sql);
     }
     q.sql_fingerprint.clone_from(&decided.fingerprint);
     q.statement_kind.clone_from(&kind_names);

@@ -74,6 +74,15 @@ impl BlockingPool {
     }
 }
 
+/// Runs `job` on the calling thread, a panic turned into [`PoolError::Panicked`] as on the
+/// pool: for jobs so small that the hand-off to a blocking thread costs more than they do.
+pub fn run_here<T, F>(job: F) -> Result<T, PoolError>
+where
+    F: FnOnce() -> T,
+{
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).map_err(|_| PoolError::Panicked)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -114,5 +123,10 @@ mod tests {
         assert!(matches!(r, Err(PoolError::Panicked)));
         // The slot of the panicked job is free again.
         assert_eq!(pool.run(|| 7).await.unwrap(), 7);
+        assert!(matches!(
+            run_here(|| -> u8 { panic!("boom") }),
+            Err(PoolError::Panicked)
+        ));
+        assert_eq!(run_here(|| 8).unwrap(), 8);
     }
 }

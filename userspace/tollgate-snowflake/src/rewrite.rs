@@ -652,9 +652,29 @@ pub enum ResultBody {
     Withheld(Withheld),
 }
 
+/// Whether a response body is small enough to process on the exchange's own task: at most
+/// `max` bytes as received and, gzipped, at most `4 × max` once decompressed by the size its
+/// gzip trailer states (a trailer that lies makes the decoder fail at its end, still within
+/// the body caps).
+pub fn small_enough_inline(raw: &[u8], content_encoding: Option<&str>, max: usize) -> bool {
+    const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+    if raw.len() > max {
+        return false;
+    }
+    let gzip = raw.starts_with(&GZIP_MAGIC)
+        || content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+    if !gzip {
+        return true;
+    }
+    match raw.len().checked_sub(4).map(|at| &raw[at..]) {
+        Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]) as usize <= max.saturating_mul(4),
+        _ => true,
+    }
+}
+
 /// Reads a statement's response, keeps the session current (the observe phase), and rewrites
 /// the result per its plan: the body the agent gets and the outcome the audit records. CPU
-/// work: run it on the blocking pool.
+/// work: run it on the blocking pool unless [`small_enough_inline`].
 pub fn process_result(job: ResultJob) -> (ResultBody, ResultOutcome) {
     let st = &job.statement;
     let decoded = decode_body(job.encoding.as_deref(), &job.raw, &job.limits);
@@ -804,6 +824,24 @@ fn record_rows(out: &mut ResultOutcome, resp: &QueryResponse, limit: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_small_bodies_are_processed_inline() {
+        use std::io::Write as _;
+        let gzip = |data: &[u8]| {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            enc.write_all(data).unwrap();
+            enc.finish().unwrap()
+        };
+        assert!(small_enough_inline(b"{}", None, 4096));
+        assert!(!small_enough_inline(&[b' '; 8192], None, 4096));
+        // Small gzip of a small body: inline; small gzip of a big body: the pool.
+        assert!(small_enough_inline(&gzip(&[b'a'; 8000]), Some("gzip"), 4096));
+        let bomb = gzip(&vec![b'a'; 1 << 20]);
+        assert!(bomb.len() <= 4096, "{}", bomb.len());
+        assert!(!small_enough_inline(&bomb, Some("gzip"), 4096));
+        assert!(!small_enough_inline(&bomb, None, 4096), "sniffed by its magic");
+    }
 
     #[test]
     fn no_cap_keeps_everything() {
