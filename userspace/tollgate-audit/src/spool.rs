@@ -10,11 +10,13 @@
 //! A new segment starts when the current one passes [`SpoolOptions::segment_bytes`].
 //!
 //! # Writing
-//! One writer thread owns the files; a second thread makes them durable. [`Spool::append_written`]
-//! hands the writer events and waits until they are *written*: the thread takes every event
-//! queued meanwhile, seals them ([`crate::chain::Chainer::seal`]) and writes them with one
-//! `write` — from then on they survive a crash of Tollgate (`kill -9`), since the kernel holds
-//! them. The answer is a [`Written`] ticket; [`Written::durable`] waits until an `fdatasync`
+//! The appending task writes; a thread of the spool's makes the writes durable.
+//! [`Spool::append_written`] takes the writer's lock, seals the events
+//! ([`crate::chain::Chainer::seal`]) and writes them with one `write` on the caller's thread —
+//! a copy into the kernel's page cache, no hand-off to another thread and no wake-up — and from
+//! then on they survive a crash of Tollgate (`kill -9`), since the kernel holds them. (When a
+//! segment is full, the append that starts the next one also makes the old one durable first,
+//! a few milliseconds once per segment.) The answer is a [`Written`] ticket; [`Written::durable`] waits until an `fdatasync`
 //! that began after the write has returned — from then on they also survive a power loss. The
 //! sync thread runs `fdatasync` back to back while there is anything new, so one sync covers
 //! every event written before it began (group commit), and a caller can let the sync run while
@@ -49,7 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 use tracing::{error, warn};
 
 use crate::chain::{ChainHead, Chainer, HostKey};
@@ -60,10 +62,6 @@ pub const MAX_EVENT_BYTES: usize = 16 << 20;
 /// The attribute linking a statement's `query`, `decision` and `result` events (the `query`
 /// event's id); recovery uses it to find statements whose result was never recorded.
 pub const STATEMENT_ATTR: &str = "statement";
-/// Events the writer takes per group commit at most.
-const MAX_BATCH: usize = 4096;
-/// Queue between appenders and the writer.
-const QUEUE: usize = 64 * 1024;
 
 /// Spool settings.
 #[derive(Debug, Clone)]
@@ -112,7 +110,7 @@ pub enum SpoolError {
         /// What failed.
         cause: String,
     },
-    /// The writer thread is gone (tollgate is shutting down).
+    /// The spool has stopped (Tollgate is shutting down).
     #[error("the audit spool writer has stopped")]
     Stopped,
 }
@@ -128,12 +126,49 @@ pub struct Receipt {
     pub hash: String,
 }
 
-enum Msg {
-    Append(
-        Box<Event>,
-        Option<oneshot::Sender<Result<Receipt, SpoolError>>>,
-    ),
-    Flush(oneshot::Sender<()>),
+/// What every handle of one spool shares: the writer (its lock orders the appends) and the
+/// sync thread's state.
+struct Shared {
+    writer: Mutex<Writer>,
+    dir: PathBuf,
+    failures: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Seals and writes `events` (see [`Writer::commit`]); failures are logged here.
+    fn commit(&self, events: &mut [Event]) -> Result<(), SpoolError> {
+        let res = self.writer().commit(events);
+        if let Err(e) = &res {
+            error!(error = %e, events = events.len(), "audit spool write failed");
+        }
+        res
+    }
+}
+
+impl Drop for Shared {
+    /// Every handle is gone: make the rest durable and stop the sync thread.
+    fn drop(&mut self) {
+        let writer = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = writer.sync_now();
+        writer.syncer.stop();
+    }
 }
 
 /// What recovery found.
@@ -196,13 +231,11 @@ pub fn lost_statements(events: &[Event], open: &HashSet<&str>) -> Vec<Event> {
 /// Handle to the spool writer. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Spool {
-    tx: mpsc::Sender<Msg>,
-    dir: PathBuf,
+    shared: Arc<Shared>,
     /// Host sequence number one past the last durable event.
     durable: watch::Receiver<u64>,
     /// Set once an `fdatasync` failed (see the module docs).
     broken: watch::Receiver<Option<SpoolError>>,
-    failures: Arc<AtomicU64>,
 }
 
 /// Events written to the spool file — they survive a crash of Tollgate — whose durability
@@ -616,7 +649,7 @@ impl Writer {
 
     /// Seals and writes a batch; on failure nothing of it is stored and the state is as before.
     /// Written is not durable: the sync thread is asked for that.
-    fn commit(&mut self, events: &mut [Box<Event>]) -> Result<(), SpoolError> {
+    fn commit(&mut self, events: &mut [Event]) -> Result<(), SpoolError> {
         if let Some(e) = self.syncer.broken() {
             return Err(e);
         }
@@ -671,59 +704,6 @@ impl Writer {
                 Err(self.werr(e))
             }
         }
-    }
-
-    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut batch: Vec<Box<Event>> = Vec::new();
-        let mut waiters: Vec<Option<oneshot::Sender<Result<Receipt, SpoolError>>>> = Vec::new();
-        let mut flushes = Vec::new();
-        while let Some(first) = rx.blocking_recv() {
-            let mut next = Some(first);
-            while let Some(msg) = next.take() {
-                match msg {
-                    Msg::Append(e, w) => {
-                        batch.push(e);
-                        waiters.push(w);
-                    }
-                    Msg::Flush(f) => flushes.push(f),
-                }
-                if batch.len() < MAX_BATCH {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if !batch.is_empty() {
-                let res = self.commit(&mut batch);
-                if let Err(e) = &res {
-                    error!(error = %e, events = batch.len(), "audit spool write failed");
-                }
-                for (e, w) in batch.drain(..).zip(waiters.drain(..)) {
-                    let answer = res.clone().map(|()| Receipt {
-                        host_seq: e.host_seq,
-                        seq: e.seq,
-                        hash: e.hash.clone(),
-                    });
-                    match w {
-                        Some(w) => {
-                            let _ = w.send(answer);
-                        }
-                        None => {
-                            if let Err(err) = answer {
-                                warn!(kind = %e.kind, session = %e.session_id, error = %err, "audit event lost");
-                            }
-                        }
-                    }
-                }
-            }
-            if !flushes.is_empty() {
-                let _ = self.sync_now();
-                for f in flushes.drain(..) {
-                    let _ = f.send(());
-                }
-            }
-        }
-        // Every handle is gone: make the rest durable and stop the sync thread.
-        let _ = self.sync_now();
-        self.syncer.stop();
     }
 }
 
@@ -824,10 +804,7 @@ impl Spool {
         };
         if !orphans.is_empty() {
             let open: HashSet<&str> = orphans.iter().map(String::as_str).collect();
-            let mut ends: Vec<Box<Event>> = lost_statements(&recent, &open)
-                .into_iter()
-                .map(Box::new)
-                .collect();
+            let mut ends: Vec<Event> = lost_statements(&recent, &open);
             recovery.lost_statements = ends.len();
             ends.extend(orphans.iter().map(|s| {
                 let kind = if s.starts_with("conn:") {
@@ -838,33 +815,29 @@ impl Spool {
                 let mut e = Event::new(kind, s.clone());
                 e.decision = "lost".into();
                 e.reason = "tollgate restarted: the chain's in-memory state was lost".into();
-                Box::new(e)
+                e
             }));
             writer.commit(&mut ends)?;
             writer.sync_now()?;
             recovery.closed_chains = orphans.len();
         }
         recovery.next_host_seq = writer.chainer.next_host_seq;
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let spawn_err = |e: io::Error| SpoolError::Write {
-            dir: dir.clone(),
-            cause: format!("cannot start the spool's threads: {e}"),
-        };
         std::thread::Builder::new()
             .name("audit-sync".into())
             .spawn(move || syncer.run())
-            .map_err(spawn_err)?;
-        std::thread::Builder::new()
-            .name("audit-spool".into())
-            .spawn(move || writer.run(rx))
-            .map_err(spawn_err)?;
+            .map_err(|e| SpoolError::Write {
+                dir: dir.clone(),
+                cause: format!("cannot start the spool's sync thread: {e}"),
+            })?;
         Ok((
             Spool {
-                tx,
-                dir,
+                shared: Arc::new(Shared {
+                    writer: Mutex::new(writer),
+                    dir,
+                    failures,
+                }),
                 durable,
                 broken,
-                failures,
             },
             recovery,
         ))
@@ -886,25 +859,21 @@ impl Spool {
     /// Tollgate); the ticket tells when they are durable. On error none of those that failed
     /// is stored; the first error is returned.
     pub async fn append_written(&self, events: Vec<Event>) -> Result<Written, SpoolError> {
-        let mut waits = Vec::with_capacity(events.len());
-        for e in events {
-            let (tx, rx) = oneshot::channel();
-            self.send(Msg::Append(Box::new(e), Some(tx))).await?;
-            waits.push(rx);
-        }
-        let mut receipts = Vec::with_capacity(waits.len());
-        let mut first_err = None;
-        for w in waits {
-            match w.await.map_err(|_| SpoolError::Stopped).and_then(|r| r) {
-                Ok(r) => receipts.push(r),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(e) = first_err {
-            return Err(e);
-        }
+        self.write(events)
+    }
+
+    /// [`Spool::append_written`] without the `async`: the write happens on the calling
+    /// thread either way.
+    pub fn write(&self, mut events: Vec<Event>) -> Result<Written, SpoolError> {
+        self.shared.commit(&mut events)?;
+        let receipts: Vec<Receipt> = events
+            .into_iter()
+            .map(|e| Receipt {
+                host_seq: e.host_seq,
+                seq: e.seq,
+                hash: e.hash,
+            })
+            .collect();
         Ok(Written {
             until: receipts.last().map_or(0, |r| r.host_seq + 1),
             receipts,
@@ -913,51 +882,29 @@ impl Spool {
         })
     }
 
-    /// Queues `event` without waiting (a failure is logged). For events nothing waits on,
-    /// such as a connection's close. Never blocks: when the queue is full (the disk far
-    /// behind), the event waits for room in a task of its own.
+    /// Writes `event` without waiting for its durability (a failure is logged). For events
+    /// nothing waits on, such as a connection's close.
     pub fn append_detached(&self, event: Event) {
-        match self.tx.try_send(Msg::Append(Box::new(event), None)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(msg)) => {
-                match tokio::runtime::Handle::try_current() {
-                    Ok(h) => {
-                        let tx = self.tx.clone();
-                        h.spawn(async move {
-                            if tx.send(msg).await.is_err() {
-                                warn!("audit spool writer stopped: event lost");
-                            }
-                        });
-                    }
-                    Err(_) => {
-                        if self.tx.blocking_send(msg).is_err() {
-                            warn!("audit spool writer stopped: event lost");
-                        }
-                    }
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                warn!("audit spool writer stopped: event lost");
-            }
+        let (kind, session) = (event.kind, event.session_id.clone());
+        if let Err(err) = self.shared.commit(&mut [event]) {
+            warn!(kind = %kind, session = %session, error = %err, "audit event lost");
         }
     }
 
-    async fn send(&self, msg: Msg) -> Result<(), SpoolError> {
-        // The queue is large; a full queue means the disk is far behind: wait for room.
-        self.tx.send(msg).await.map_err(|_| SpoolError::Stopped)
-    }
-
-    /// Waits until everything queued before is written and durable.
+    /// Waits until everything written before is durable.
     pub async fn flush(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Flush(tx)).await.is_ok() {
-            let _ = rx.await;
+        let shared = self.shared.clone();
+        let sync = move || {
+            let _ = shared.writer().sync_now();
+        };
+        if tokio::task::spawn_blocking(sync).await.is_err() {
+            warn!("audit spool flush failed");
         }
     }
 
     /// The spool directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.shared.dir
     }
 
     /// Host sequence one past the last durable event; changes are signalled.
@@ -972,7 +919,7 @@ impl Spool {
 
     /// Write failures so far.
     pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
+        self.shared.failures.load(Ordering::Relaxed)
     }
 }
 

@@ -836,11 +836,18 @@ mod tests {
         assert!(small_enough_inline(b"{}", None, 4096));
         assert!(!small_enough_inline(&[b' '; 8192], None, 4096));
         // Small gzip of a small body: inline; small gzip of a big body: the pool.
-        assert!(small_enough_inline(&gzip(&[b'a'; 8000]), Some("gzip"), 4096));
+        assert!(small_enough_inline(
+            &gzip(&[b'a'; 8000]),
+            Some("gzip"),
+            4096
+        ));
         let bomb = gzip(&vec![b'a'; 1 << 20]);
         assert!(bomb.len() <= 4096, "{}", bomb.len());
         assert!(!small_enough_inline(&bomb, Some("gzip"), 4096));
-        assert!(!small_enough_inline(&bomb, None, 4096), "sniffed by its magic");
+        assert!(
+            !small_enough_inline(&bomb, None, 4096),
+            "sniffed by its magic"
+        );
     }
 
     #[test]
