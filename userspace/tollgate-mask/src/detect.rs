@@ -472,20 +472,29 @@ impl Compiled {
             let Some((start, end)) = locs.get(self.group) else {
                 break;
             };
-            if start < end && (self.validate)(&text[start..end]) {
-                out.push(Finding {
-                    kind: self.kind,
-                    span: start..end,
-                });
-                // The trailing context (if any) was not part of the value, so it may be the
-                // leading context of the next value.
-                at = end;
-            } else {
-                // The greedy candidate failed validation; a candidate starting one character
-                // later may still be valid.
-                at = start + text[start..].chars().next().map_or(1, char::len_utf8);
-            }
+            at = accept(self.kind, self.validate, text, start..end, out);
         }
+    }
+}
+
+/// Keeps the candidate value `span` if it validates; returns where the search goes on.
+fn accept(
+    kind: Detector,
+    validate: fn(&str) -> bool,
+    text: &str,
+    span: Range<usize>,
+    out: &mut Vec<Finding>,
+) -> usize {
+    let (start, end) = (span.start, span.end);
+    if start < end && validate(&text[start..end]) {
+        out.push(Finding { kind, span });
+        // The trailing context (if any) was not part of the value, so it may be the leading
+        // context of the next value.
+        end
+    } else {
+        // The greedy candidate failed validation; a candidate starting one character later
+        // may still be valid.
+        start + text[start..].chars().next().map_or(1, char::len_utf8)
     }
 }
 
@@ -551,15 +560,7 @@ impl Windowed {
                         _ => unreachable!("digit-based matches hold a digit"),
                     }
                 };
-                if start < end && (self.validate)(&text[start..end]) {
-                    out.push(Finding {
-                        kind: self.kind,
-                        span: start..end,
-                    });
-                    at = end;
-                } else {
-                    at = start + text[start..].chars().next().map_or(1, char::len_utf8);
-                }
+                at = accept(self.kind, self.validate, text, start..end, out);
             }
         }
     }
