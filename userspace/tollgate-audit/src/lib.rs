@@ -21,5 +21,7 @@ pub mod verify;
 
 pub use chain::{HostKey, PublicKey};
 pub use event::{Event, EventKind, MaskedCount};
-pub use spool::{Receipt, Recovery, Spool, SpoolError, SpoolOptions, Written, STATEMENT_ATTR};
+pub use spool::{
+    Receipt, Recovery, Spool, SpoolError, SpoolOptions, Written, LAZY_SYNC, STATEMENT_ATTR,
+};
 pub use verify::{verify, Problem, Report, Scope};

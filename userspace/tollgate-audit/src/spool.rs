@@ -150,8 +150,8 @@ impl Shared {
     }
 
     /// Seals and writes `events` (see [`Writer::commit`]); failures are logged here.
-    fn commit(&self, events: &mut [Event]) -> Result<(), SpoolError> {
-        let res = self.writer().commit(events);
+    fn commit(&self, events: &mut [Event], urgent: bool) -> Result<(), SpoolError> {
+        let res = self.writer().commit(events, urgent);
         if let Err(e) = &res {
             error!(error = %e, events = events.len(), "audit spool write failed");
         }
@@ -494,8 +494,15 @@ struct Syncer {
 #[derive(Default)]
 struct SyncState {
     target: Option<SyncTarget>,
+    /// Someone may wait for `target`: sync it now (else within [`LAZY_SYNC`]).
+    urgent: bool,
     stop: bool,
 }
+
+/// How long written events nothing waits for (a result's record, a connection's close) may
+/// stay not yet durable when no other append asks for a sync sooner. Syncing them at once
+/// would put their `fdatasync` in front of the next statement's.
+pub const LAZY_SYNC: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Syncer {
     fn state(&self) -> std::sync::MutexGuard<'_, SyncState> {
@@ -504,10 +511,21 @@ impl Syncer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Asks for `target` to be made durable (replacing an older request: one sync covers both).
-    fn request(&self, target: SyncTarget) {
-        self.state().target = Some(target);
-        self.wake.notify_one();
+    /// Asks for `target` to be made durable (replacing an older request: one sync covers both),
+    /// at once when `urgent`, else within [`LAZY_SYNC`].
+    fn request(&self, target: SyncTarget, urgent: bool) {
+        let mut st = self.state();
+        let was_idle = st.target.is_none();
+        st.target = Some(target);
+        if urgent && !st.urgent {
+            st.urgent = true;
+            drop(st);
+            self.wake.notify_one();
+        } else if was_idle {
+            // Start the lazy clock (a waiting sync thread re-checks with a timeout).
+            drop(st);
+            self.wake.notify_one();
+        }
     }
 
     fn stop(&self) {
@@ -555,14 +573,27 @@ impl Syncer {
         }
     }
 
-    /// The sync thread: `fdatasync` back to back while the writer asks for one.
+    /// The sync thread: `fdatasync` back to back while appends ask for one urgently; a lazy
+    /// request waits at most [`LAZY_SYNC`] for company.
     fn run(&self) {
         loop {
             let target = {
                 let mut st = self.state();
+                let mut lazy_since: Option<std::time::Instant> = None;
                 loop {
-                    if let Some(t) = st.target.take() {
-                        break t;
+                    if st.target.is_some() {
+                        let since = *lazy_since.get_or_insert_with(std::time::Instant::now);
+                        let waited = since.elapsed();
+                        if st.urgent || st.stop || waited >= LAZY_SYNC {
+                            st.urgent = false;
+                            break st.target.take().expect("checked");
+                        }
+                        st = self
+                            .wake
+                            .wait_timeout(st, LAZY_SYNC - waited)
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .0;
+                        continue;
                     }
                     if st.stop {
                         return;
@@ -649,7 +680,7 @@ impl Writer {
 
     /// Seals and writes a batch; on failure nothing of it is stored and the state is as before.
     /// Written is not durable: the sync thread is asked for that.
-    fn commit(&mut self, events: &mut [Event]) -> Result<(), SpoolError> {
+    fn commit(&mut self, events: &mut [Event], urgent: bool) -> Result<(), SpoolError> {
         if let Some(e) = self.syncer.broken() {
             return Err(e);
         }
@@ -673,7 +704,7 @@ impl Writer {
                 self.len += self.buf.len() as u64;
                 let until = self.chainer.next_host_seq;
                 if self.opts.sync {
-                    self.syncer.request(SyncTarget { file, until });
+                    self.syncer.request(SyncTarget { file, until }, urgent);
                 } else {
                     self.syncer.advance(until);
                 }
@@ -817,7 +848,7 @@ impl Spool {
                 e.reason = "tollgate restarted: the chain's in-memory state was lost".into();
                 e
             }));
-            writer.commit(&mut ends)?;
+            writer.commit(&mut ends, true)?;
             writer.sync_now()?;
             recovery.closed_chains = orphans.len();
         }
@@ -864,8 +895,19 @@ impl Spool {
 
     /// [`Spool::append_written`] without the `async`: the write happens on the calling
     /// thread either way.
-    pub fn write(&self, mut events: Vec<Event>) -> Result<Written, SpoolError> {
-        self.shared.commit(&mut events)?;
+    pub fn write(&self, events: Vec<Event>) -> Result<Written, SpoolError> {
+        self.write_with(events, true)
+    }
+
+    /// Writes `events` for which nothing waits: they are made durable with the next sync
+    /// another append asks for, or within [`LAZY_SYNC`] (a `Written::durable` on them may wait
+    /// that long). For a result's record, whose answer has left.
+    pub fn write_lazy(&self, events: Vec<Event>) -> Result<Written, SpoolError> {
+        self.write_with(events, false)
+    }
+
+    fn write_with(&self, mut events: Vec<Event>, urgent: bool) -> Result<Written, SpoolError> {
+        self.shared.commit(&mut events, urgent)?;
         let receipts: Vec<Receipt> = events
             .into_iter()
             .map(|e| Receipt {
@@ -882,11 +924,11 @@ impl Spool {
         })
     }
 
-    /// Writes `event` without waiting for its durability (a failure is logged). For events
-    /// nothing waits on, such as a connection's close.
+    /// Writes `event` without waiting for its durability (a failure is logged; durable as
+    /// for [`Spool::write_lazy`]). For events nothing waits on, such as a connection's close.
     pub fn append_detached(&self, event: Event) {
         let (kind, session) = (event.kind, event.session_id.clone());
-        if let Err(err) = self.shared.commit(&mut [event]) {
+        if let Err(err) = self.shared.commit(&mut [event], false) {
             warn!(kind = %kind, session = %session, error = %err, "audit event lost");
         }
     }
@@ -1127,6 +1169,34 @@ mod tests {
         assert_eq!(receipts.len(), 2);
         assert!(*spool.durable().borrow() >= 2);
         assert!(spool.broken().is_none());
+    }
+
+    #[tokio::test]
+    async fn lazy_writes_become_durable_alone_or_with_the_next_urgent_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(opts(dir.path()), HostKey::generate()).unwrap();
+        // Alone: the sync thread syncs it once its grace has passed (a hang here fails).
+        let alone = spool
+            .write_lazy(vec![Event::new(EventKind::Result, "s1")])
+            .unwrap();
+        assert_eq!(read_all(dir.path()).unwrap().len(), 1, "written at once");
+        alone.durable().await.unwrap();
+        // With company: an urgent write covers the lazy one written before it.
+        let lazy = spool
+            .write_lazy(vec![Event::new(EventKind::Result, "s1")])
+            .unwrap();
+        let urgent = spool
+            .write(vec![Event::new(EventKind::Query, "s2")])
+            .unwrap();
+        urgent.durable().await.unwrap();
+        assert!(
+            lazy.is_durable(),
+            "one sync covers everything written before it"
+        );
+        // Detached events are lazy too, and a flush makes them durable.
+        spool.append_detached(Event::new(EventKind::Disconnect, "conn:1"));
+        spool.flush().await;
+        assert!(*spool.durable().borrow() >= 4);
     }
 
     #[tokio::test]

@@ -53,6 +53,12 @@ impl Auditor {
         self.note(res)
     }
 
+    /// Appends an event nothing waits for (see [`Spool::write_lazy`]).
+    pub fn write_lazy(&self, events: Vec<Event>) -> Result<(), SpoolError> {
+        let res = self.spool.write_lazy(events).map(|_| ());
+        self.note(res)
+    }
+
     /// Appends and waits until durable.
     pub async fn record(&self, events: Vec<Event>) -> Result<(), SpoolError> {
         let res = self.spool.append_many(events).await.map(|_| ());
@@ -108,6 +114,23 @@ pub async fn gate_written(
             Err(unauditable(&e, api))
         }
     }
+}
+
+/// Writes `events` of a step that has happened (a result's record, before its answer leaves):
+/// written first, made durable by the next sync (at most [`tollgate_audit::LAZY_SYNC`] later);
+/// on failure, the refusal to answer instead.
+pub fn record_written(
+    audit: Option<&Auditor>,
+    events: Vec<Event>,
+    api: Api,
+) -> Result<(), Refusal> {
+    let Some(audit) = audit.filter(|_| !events.is_empty()) else {
+        return Ok(());
+    };
+    audit.write_lazy(events).map_err(|e| {
+        error!(error = %e, "answer withheld: the audit spool cannot be written");
+        unauditable(&e, api)
+    })
 }
 
 /// Waits until the events of `pending` are durable, before an answer is released; on failure,

@@ -841,9 +841,9 @@ impl SnowflakeExchange {
                 duration_us: self.elapsed_us(),
             },
         );
-        match layer.gate_written(events, Api::Driver).await {
-            // Made durable by the next sync; nothing waits for it.
-            Ok(_written) => resp,
+        // Made durable by the next sync; nothing waits for it.
+        match audit_gate::record_written(layer.audit.as_ref(), events, Api::Driver) {
+            Ok(()) => resp,
             Err(refusal) => refusal.to_response(),
         }
     }
@@ -904,8 +904,8 @@ impl SnowflakeExchange {
                         outcome: &outcome,
                     },
                 );
-                match layer.gate_written(events, Api::Driver).await {
-                    Ok(_written) => resp,
+                match audit_gate::record_written(layer.audit.as_ref(), events, Api::Driver) {
+                    Ok(()) => resp,
                     Err(refusal) => refusal.to_response(),
                 }
             }
