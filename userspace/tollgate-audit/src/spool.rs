@@ -16,13 +16,15 @@
 //! a copy into the kernel's page cache, no hand-off to another thread and no wake-up — and from
 //! then on they survive a crash of Tollgate (`kill -9`), since the kernel holds them. (When a
 //! segment is full, the append that starts the next one also makes the old one durable first,
-//! a few milliseconds once per segment.) The answer is a [`Written`] ticket; [`Written::durable`] waits until an `fdatasync`
-//! that began after the write has returned — from then on they also survive a power loss. The
-//! sync thread runs `fdatasync` back to back while there is anything new, so one sync covers
-//! every event written before it began (group commit), and a caller can let the sync run while
-//! it does other work: the Snowflake layer forwards a statement once its events are written and
-//! releases the answer only once they are durable. [`Spool::append`] and [`Spool::append_many`]
-//! wait for both.
+//! a few milliseconds once per segment.) The answer is a [`Written`] ticket;
+//! [`Written::durable`] waits until an `fdatasync` that began after the write has returned —
+//! from then on they also survive a power loss. The sync thread runs `fdatasync` back to back
+//! while appends ask for it, so one sync covers every event written before it began (group
+//! commit), and a caller can let the sync run while it does other work: the Snowflake layer
+//! forwards a statement once its events are written and releases the answer only once they are
+//! durable. Events nothing waits for ([`Spool::write_lazy`], [`Spool::append_detached`]) are
+//! synced with the next sync asked for, or within [`LAZY_SYNC`]. [`Spool::append`] and
+//! [`Spool::append_many`] wait for both.
 //!
 //! If a `write` fails (disk full, read-only file system, permissions), the segment is cut back to
 //! its last good length, the chain state is rolled back, and every waiting append gets the error:
@@ -111,7 +113,7 @@ pub enum SpoolError {
         cause: String,
     },
     /// The spool has stopped (Tollgate is shutting down).
-    #[error("the audit spool writer has stopped")]
+    #[error("the audit spool has stopped (Tollgate is shutting down)")]
     Stopped,
 }
 
@@ -126,8 +128,8 @@ pub struct Receipt {
     pub hash: String,
 }
 
-/// What every handle of one spool shares: the writer (its lock orders the appends) and the
-/// sync thread's state.
+/// What every handle of one spool shares: the writer (its lock orders the appends; it holds
+/// the sync thread's handle).
 struct Shared {
     writer: Mutex<Writer>,
     dir: PathBuf,
@@ -515,15 +517,12 @@ impl Syncer {
     /// at once when `urgent`, else within [`LAZY_SYNC`].
     fn request(&self, target: SyncTarget, urgent: bool) {
         let mut st = self.state();
-        let was_idle = st.target.is_none();
+        // Wake the thread to sync now, or to start the lazy clock of a first request.
+        let wake = st.target.is_none() || (urgent && !st.urgent);
         st.target = Some(target);
-        if urgent && !st.urgent {
-            st.urgent = true;
-            drop(st);
-            self.wake.notify_one();
-        } else if was_idle {
-            // Start the lazy clock (a waiting sync thread re-checks with a timeout).
-            drop(st);
+        st.urgent |= urgent;
+        drop(st);
+        if wake {
             self.wake.notify_one();
         }
     }
@@ -890,12 +889,6 @@ impl Spool {
     /// Tollgate); the ticket tells when they are durable. On error none of those that failed
     /// is stored; the first error is returned.
     pub async fn append_written(&self, events: Vec<Event>) -> Result<Written, SpoolError> {
-        self.write(events)
-    }
-
-    /// [`Spool::append_written`] without the `async`: the write happens on the calling
-    /// thread either way.
-    pub fn write(&self, events: Vec<Event>) -> Result<Written, SpoolError> {
         self.write_with(events, true)
     }
 
@@ -1186,7 +1179,8 @@ mod tests {
             .write_lazy(vec![Event::new(EventKind::Result, "s1")])
             .unwrap();
         let urgent = spool
-            .write(vec![Event::new(EventKind::Query, "s2")])
+            .append_written(vec![Event::new(EventKind::Query, "s2")])
+            .await
             .unwrap();
         urgent.durable().await.unwrap();
         assert!(

@@ -16,8 +16,8 @@
 //! Memory stays bounded while streaming: compressed input is fed to the decoder in small
 //! slices, the filter emits output per row or record batch (big batches in slices), a bounded
 //! channel applies the client's back-pressure to the storage download, and a process-wide
-//! [`ChunkBudget`](crate::budget::ChunkBudget) bounds how many bytes the chunks being filtered hold at once, whatever the
-//! number of agents and of the chunks each fetches in parallel. A chunk reserves twice its
+//! [`ChunkBudget`](crate::budget::ChunkBudget) bounds how many bytes the chunks being filtered
+//! hold at once, whatever the number of agents and of the chunks each fetches in parallel. A chunk reserves twice its
 //! announced size (its input message and its output) before it is fetched and keeps the
 //! reservation until its client has taken the last byte (at most [`BUDGET_HOLD`]); a chunk
 //! bigger than the whole budget waits for all of it and is filtered alone.
@@ -61,8 +61,9 @@ const WORK_BATCH: usize = 64 << 10;
 /// Output frames buffered between the masking task and the client.
 const CHANNEL_FRAMES: usize = 4;
 
-/// Longest a served chunk keeps its share of the [`ChunkBudget`](crate::budget::ChunkBudget): a client that stops reading
-/// cannot hold back every other agent's chunks (past it, the chunk goes on outside the budget).
+/// Longest a served chunk keeps its share of the [`ChunkBudget`](crate::budget::ChunkBudget): a
+/// client that stops reading cannot hold back every other agent's chunks (past it, the chunk
+/// goes on outside the budget).
 pub const BUDGET_HOLD: Duration = Duration::from_secs(60);
 
 /// Why a chunk filter failed.

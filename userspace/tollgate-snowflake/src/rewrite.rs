@@ -653,23 +653,12 @@ pub enum ResultBody {
 }
 
 /// Whether a response body is small enough to process on the exchange's own task: at most
-/// `max` bytes as received and, gzipped, at most `4 × max` once decompressed by the size its
-/// gzip trailer states (a trailer that lies makes the decoder fail at its end, still within
-/// the body caps).
+/// `max` bytes as received and at most `4 × max` once decoded
+/// ([`tollgate_wire::snowflake::decoded_size_hint`]).
 pub fn small_enough_inline(raw: &[u8], content_encoding: Option<&str>, max: usize) -> bool {
-    const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-    if raw.len() > max {
-        return false;
-    }
-    let gzip = raw.starts_with(&GZIP_MAGIC)
-        || content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
-    if !gzip {
-        return true;
-    }
-    match raw.len().checked_sub(4).map(|at| &raw[at..]) {
-        Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]) as usize <= max.saturating_mul(4),
-        _ => true,
-    }
+    raw.len() <= max
+        && tollgate_wire::snowflake::decoded_size_hint(content_encoding, raw)
+            <= max.saturating_mul(4)
 }
 
 /// Reads a statement's response, keeps the session current (the observe phase), and rewrites

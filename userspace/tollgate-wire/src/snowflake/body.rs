@@ -102,6 +102,17 @@ pub enum BodyError {
     },
 }
 
+/// The size `bytes` will have once decoded as [`decode_body`] would: for gzip (by header or
+/// by its magic), the size its trailer states (modulo 2³²; a trailer that lies makes the decoder
+/// fail at its end, still within its caps); otherwise their length. Reads nothing but the ends.
+pub fn decoded_size_hint(content_encoding: Option<&str>, bytes: &[u8]) -> usize {
+    let gzip = bytes.starts_with(&GZIP_MAGIC) || header_says_gzip(content_encoding).unwrap_or(true);
+    match bytes.len().checked_sub(4).map(|at| &bytes[at..]) {
+        Some(&[a, b, c, d]) if gzip => u32::from_le_bytes([a, b, c, d]) as usize,
+        _ => bytes.len(),
+    }
+}
+
 fn header_says_gzip(content_encoding: Option<&str>) -> Result<bool, BodyError> {
     let Some(raw) = content_encoding else {
         return Ok(false);

@@ -38,7 +38,7 @@ mod secret;
 mod sql_api;
 
 pub use auth::{parse_authorization, AuthToken};
-pub use body::{decode_body, encode_body, BodyError, BodyLimits, DecodedBody};
+pub use body::{decode_body, decoded_size_hint, encode_body, BodyError, BodyLimits, DecodedBody};
 pub use endpoint::{classify, classify_target, split_target, Classified, Endpoint, QueryParams};
 pub use error::WireError;
 pub use login::{
