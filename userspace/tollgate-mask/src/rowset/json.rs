@@ -5,19 +5,18 @@
 //! the commas is allowed). The chunk masker copies unmasked rows byte for byte and rewrites
 //! only the masked values inside a row, so separators and spacing stay as the server sent them.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::json_scan::{
+    is_ws, parse_row, scan_row, unescape, write_json_str, BadEscape, RowEnd, TooDeep, HIGH_BITS,
+};
 use super::plan::{Column, Op, Plan};
 use super::value::{json_text, SfType};
 use super::{ColumnCount, ColumnCounts, RowsetError};
 use crate::method::{MaskedValue, Method, REDACTED};
 use crate::text::mask_text_by_kind;
-
-/// Deepest nesting accepted inside a row (VARIANT values are strings, so real rows have 1).
-const MAX_DEPTH: u32 = 64;
 
 /// Most separator bytes kept between two rows; longer runs of whitespace are shortened.
 const MAX_SEPARATOR: usize = 16;
@@ -165,7 +164,7 @@ fn mask_rowset_inner(
     Ok(())
 }
 
-/// Where the chunk scanner is.
+/// Where the chunk scanner is between rows.
 #[derive(Debug, Clone, Copy)]
 enum State {
     /// Before the first row: whitespace, then `[`.
@@ -174,13 +173,8 @@ enum State {
     AfterRow,
     /// After a `,`: whitespace, then `[`.
     AfterComma,
-    /// Inside a row starting at `start` (an index into the buffer).
-    InRow {
-        start: usize,
-        depth: u32,
-        in_str: bool,
-        esc: bool,
-    },
+    /// Inside a row that goes on past the last piece; its bytes so far are in `buf`.
+    InRow(RowEnd),
     /// The row limit was reached: the rest of the input is dropped unread.
     Discard,
 }
@@ -195,13 +189,15 @@ enum State {
 #[derive(Debug)]
 pub struct JsonChunkMasker {
     plan: Arc<Plan>,
-    noop: bool,
+    /// Indices of the columns whose values may change.
+    masked: Vec<usize>,
     limit: Option<u64>,
+    /// The bytes so far of a row that goes on past the last piece.
     buf: Vec<u8>,
-    /// Byte offset of `buf[0]` in the whole input.
-    base: u64,
-    /// Scan position in `buf`.
-    pos: usize,
+    /// Byte offset in the whole input of the row in `buf`.
+    row_at: u64,
+    /// Bytes pushed so far (before the piece being scanned).
+    offset: u64,
     state: State,
     /// Separator bytes since the last emitted row.
     sep: Vec<u8>,
@@ -211,20 +207,42 @@ pub struct JsonChunkMasker {
     counts: ColumnCounts,
     failed: bool,
     spans: Vec<(usize, usize)>,
-    scratch: String,
-    row_out: Vec<u8>,
+    scratch: Scratch,
+}
+
+/// Buffers reused from cell to cell.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// The unescaped value.
+    value: String,
+    /// The value rendered as masking text.
+    rendered: String,
+    /// The masked text.
+    masked: String,
+}
+
+/// Why a cell could not be masked.
+enum CellError {
+    Malformed(&'static str),
+    Value(&'static str),
 }
 
 impl JsonChunkMasker {
     pub(crate) fn new(plan: Arc<Plan>) -> Self {
         let n = plan.columns.len();
+        let masked = plan
+            .columns
+            .iter()
+            .filter(|c| !matches!(Plan::op(c, c.sf_type), Op::Keep))
+            .map(|c| c.index)
+            .collect();
         JsonChunkMasker {
-            noop: plan.is_noop(),
             plan,
+            masked,
             limit: None,
             buf: Vec::new(),
-            base: 0,
-            pos: 0,
+            row_at: 0,
+            offset: 0,
             state: State::Start,
             sep: Vec::new(),
             emitted: 0,
@@ -232,8 +250,7 @@ impl JsonChunkMasker {
             counts: ColumnCounts::new(n),
             failed: false,
             spans: Vec::with_capacity(n),
-            scratch: String::new(),
-            row_out: Vec::new(),
+            scratch: Scratch::default(),
         }
     }
 
@@ -256,8 +273,7 @@ impl JsonChunkMasker {
             }
             return Ok(());
         }
-        self.buf.extend_from_slice(input);
-        let r = self.scan(out);
+        let r = self.push_inner(input, out);
         if r.is_err() {
             self.failed = true;
             self.buf = Vec::new();
@@ -287,18 +303,18 @@ impl JsonChunkMasker {
             State::AfterComma => Err(RowsetError::Truncated {
                 format: "JSON chunk",
                 what: format!("row {} (after a trailing `,`)", self.seen),
-                offset: self.base + self.pos as u64,
+                offset: self.offset,
             }),
-            State::InRow { start, .. } => Err(RowsetError::Truncated {
+            State::InRow(_) => Err(RowsetError::Truncated {
                 format: "JSON chunk",
                 what: format!("row {}", self.seen),
-                offset: self.base + start as u64,
+                offset: self.row_at,
             }),
         }
     }
 
-    fn location(&self, at: usize) -> String {
-        format!("row {} at byte offset {}", self.seen, self.base + at as u64)
+    fn location(&self, offset: u64) -> String {
+        format!("row {} at byte offset {offset}", self.seen)
     }
 
     fn push_sep(&mut self, b: u8) {
@@ -307,21 +323,54 @@ impl JsonChunkMasker {
         }
     }
 
-    fn scan(&mut self, out: &mut Vec<u8>) -> Result<(), RowsetError> {
-        while self.pos < self.buf.len() {
+    fn push_inner(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), RowsetError> {
+        let mut from = 0;
+        if let State::InRow(mut end) = self.state {
+            // Only the rest of the pending row is buffered; the rows after it are scanned
+            // where they are.
+            let found = end
+                .find(input)
+                .map_err(|TooDeep| RowsetError::MalformedJson {
+                    location: self.location(self.row_at),
+                    problem: "row nests too deeply",
+                })?;
+            let Some(k) = found else {
+                self.buf.extend_from_slice(input);
+                self.state = State::InRow(end);
+                self.offset += input.len() as u64;
+                return Ok(());
+            };
+            self.buf.extend_from_slice(&input[..k]);
+            let row = std::mem::take(&mut self.buf);
+            let r = self.checked_row(&row, self.row_at, out);
+            self.buf = row;
+            self.buf.clear();
+            r?;
+            self.state = State::AfterRow;
+            from = k;
+        }
+        let r = self.scan(input, from, out);
+        self.offset += input.len() as u64;
+        r
+    }
+
+    /// Scans `data[from..]` (the current piece, at `self.offset`), emitting each complete row.
+    fn scan(&mut self, data: &[u8], from: usize, out: &mut Vec<u8>) -> Result<(), RowsetError> {
+        let mut pos = from;
+        while pos < data.len() {
+            let b = data[pos];
             match self.state {
                 State::Start | State::AfterComma => {
-                    let b = self.buf[self.pos];
                     if is_ws(b) {
                         if matches!(self.state, State::AfterComma) {
                             self.push_sep(b);
                         }
-                        self.pos += 1;
+                        pos += 1;
                         continue;
                     }
                     if b != b'[' {
                         return Err(RowsetError::MalformedJson {
-                            location: self.location(self.pos),
+                            location: self.location(self.offset + pos as u64),
                             problem: "expected `[` to start a row",
                         });
                     }
@@ -329,18 +378,43 @@ impl JsonChunkMasker {
                         self.counts.set_truncated();
                         self.state = State::Discard;
                         self.buf = Vec::new();
-                        self.pos = 0;
                         return Ok(());
                     }
-                    self.state = State::InRow {
-                        start: self.pos,
-                        depth: 0,
-                        in_str: false,
-                        esc: false,
-                    };
+                    let row_at = self.offset + pos as u64;
+                    let rest = &data[pos..];
+                    self.spans.clear();
+                    let mut high = 0;
+                    if let Ok(n) = scan_row(rest, &mut self.spans, &mut high) {
+                        self.emit_row(&rest[..n], row_at, high & HIGH_BITS == 0, out)?;
+                        pos += n;
+                        self.state = State::AfterRow;
+                        continue;
+                    }
+                    // Incomplete or malformed: where the row ends decides which (and a
+                    // malformed row is reported with the problem its complete bytes show).
+                    let mut end = RowEnd::default();
+                    let found = end
+                        .find(rest)
+                        .map_err(|TooDeep| RowsetError::MalformedJson {
+                            location: self.location(row_at),
+                            problem: "row nests too deeply",
+                        })?;
+                    match found {
+                        Some(n) => {
+                            self.checked_row(&rest[..n], row_at, out)?;
+                            pos += n;
+                            self.state = State::AfterRow;
+                        }
+                        None => {
+                            self.buf.clear();
+                            self.buf.extend_from_slice(rest);
+                            self.row_at = row_at;
+                            self.state = State::InRow(end);
+                            return Ok(());
+                        }
+                    }
                 }
                 State::AfterRow => {
-                    let b = self.buf[self.pos];
                     if is_ws(b) {
                         self.push_sep(b);
                     } else if b == b',' {
@@ -348,349 +422,176 @@ impl JsonChunkMasker {
                         self.state = State::AfterComma;
                     } else {
                         return Err(RowsetError::MalformedJson {
-                            location: self.location(self.pos),
+                            location: self.location(self.offset + pos as u64),
                             problem: "expected `,` between rows",
                         });
                     }
-                    self.pos += 1;
+                    pos += 1;
                 }
-                State::InRow {
-                    start,
-                    mut depth,
-                    mut in_str,
-                    mut esc,
-                } => {
-                    let mut complete = false;
-                    let bytes = &self.buf;
-                    let mut pos = self.pos;
-                    while pos < bytes.len() {
-                        let b = bytes[pos];
-                        pos += 1;
-                        if in_str {
-                            if esc {
-                                esc = false;
-                            } else if b == b'\\' {
-                                esc = true;
-                            } else if b == b'"' {
-                                in_str = false;
-                            }
-                            continue;
-                        }
-                        match b {
-                            b'"' => in_str = true,
-                            b'[' | b'{' => {
-                                depth += 1;
-                                if depth > MAX_DEPTH {
-                                    return Err(RowsetError::MalformedJson {
-                                        location: self.location(start),
-                                        problem: "row nests too deeply",
-                                    });
-                                }
-                            }
-                            b']' | b'}' => {
-                                depth -= 1;
-                                if depth == 0 {
-                                    complete = true;
-                                    break;
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                    self.pos = pos;
-                    if !complete {
-                        self.state = State::InRow {
-                            start,
-                            depth,
-                            in_str,
-                            esc,
-                        };
-                        break;
-                    }
-                    self.row(start, pos, out)?;
-                    self.state = State::AfterRow;
-                }
-                State::Discard => return Ok(()),
+                State::InRow(_) | State::Discard => unreachable!("handled by push"),
             }
-        }
-        // Drop what has been consumed; keep an incomplete row.
-        let keep_from = match &mut self.state {
-            State::InRow { start, .. } => std::mem::replace(start, 0),
-            _ => self.pos,
-        };
-        if keep_from > 0 {
-            self.buf.drain(..keep_from);
-            self.base += keep_from as u64;
-            self.pos -= keep_from;
         }
         Ok(())
     }
 
-    /// Masks the complete row `buf[start..end]` and appends it to `out`.
-    fn row(&mut self, start: usize, end: usize, out: &mut Vec<u8>) -> Result<(), RowsetError> {
-        let raw = &self.buf[start..end];
-        let location = || {
-            format!(
-                "row {} at byte offset {}",
-                self.seen,
-                self.base + start as u64
-            )
-        };
-        let text = std::str::from_utf8(raw).map_err(|_| RowsetError::MalformedJson {
-            location: location(),
-            problem: "row is not valid UTF-8",
-        })?;
+    /// Validates and emits the complete row `row` (UTF-8 first, then the grammar).
+    fn checked_row(
+        &mut self,
+        row: &[u8],
+        row_at: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RowsetError> {
+        if std::str::from_utf8(row).is_err() {
+            return Err(RowsetError::MalformedJson {
+                location: self.location(row_at),
+                problem: "row is not valid UTF-8",
+            });
+        }
         self.spans.clear();
-        parse_row(text.as_bytes(), &mut self.spans).map_err(|problem| {
-            RowsetError::MalformedJson {
-                location: location(),
-                problem,
-            }
+        parse_row(row, &mut self.spans).map_err(|problem| RowsetError::MalformedJson {
+            location: self.location(row_at),
+            problem,
         })?;
+        self.emit_row(row, row_at, true, out)
+    }
+
+    /// Masks the complete row `row`, whose value spans are in `spans`, and appends it to
+    /// `out`. `ascii` says the row is known to be ASCII (else it is checked to be UTF-8).
+    fn emit_row(
+        &mut self,
+        row: &[u8],
+        row_at: u64,
+        ascii: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RowsetError> {
+        if !ascii && std::str::from_utf8(row).is_err() {
+            return Err(RowsetError::MalformedJson {
+                location: self.location(row_at),
+                problem: "row is not valid UTF-8",
+            });
+        }
         if self.spans.len() != self.plan.columns.len() {
             return Err(RowsetError::RowWidth {
-                location: location(),
+                location: self.location(row_at),
                 found: self.spans.len(),
                 expected: self.plan.columns.len(),
             });
         }
-        let mut replaced = false;
-        if !self.noop {
-            self.row_out.clear();
-            let mut copied = 0;
-            for (column, &(s, e)) in self.plan.columns.iter().zip(&self.spans) {
-                if matches!(Plan::op(column, column.sf_type), Op::Keep) {
-                    continue;
-                }
-                let cell = &text[s..e];
-                if cell == "null" {
-                    continue;
-                }
-                if !cell.starts_with('"') {
-                    return Err(bad_value(column, location(), "not a string or null"));
-                }
-                let value: Cow<'_, str> = if cell.contains('\\') {
-                    Cow::Owned(serde_json::from_str::<String>(cell).map_err(|_| {
-                        RowsetError::MalformedJson {
-                            location: location(),
-                            problem: "invalid string escape",
-                        }
-                    })?)
-                } else {
-                    Cow::Borrowed(&cell[1..cell.len() - 1])
-                };
-                let count = self.counts.column_mut(column.index);
-                let masked = mask_cell(column, &value, count, &mut self.scratch)
-                    .map_err(|p| bad_value(column, location(), p))?;
-                let replacement = match masked {
-                    Cell::Same => continue,
-                    Cell::Null => None,
-                    Cell::Text(t) => Some(t),
-                };
-                self.row_out.extend_from_slice(&raw[copied..s]);
-                match replacement {
-                    None => self.row_out.extend_from_slice(b"null"),
-                    Some(t) => serde_json::to_writer(&mut self.row_out, &t)
-                        .expect("writing a string to a Vec cannot fail"),
-                }
-                copied = e;
-                replaced = true;
-            }
-            if replaced {
-                self.row_out.extend_from_slice(&raw[copied..]);
-            }
-        }
-        self.seen += 1;
+        let mark = out.len();
         if self.emitted > 0 {
             out.extend_from_slice(&self.sep);
         }
+        let mut copied = 0;
+        for &i in &self.masked {
+            let column = &self.plan.columns[i];
+            let (s, e) = self.spans[i];
+            let cell = &row[s..e];
+            let r = match cell[0] {
+                b'n' => continue,
+                b'"' => {
+                    // Everything before the cell goes out first; an unchanged cell is
+                    // copied with what follows it.
+                    out.extend_from_slice(&row[copied..s]);
+                    copied = s;
+                    mask_string_cell(
+                        column,
+                        &cell[1..cell.len() - 1],
+                        self.counts.column_mut(i),
+                        &mut self.scratch,
+                        out,
+                    )
+                }
+                _ => Err(CellError::Value("not a string or null")),
+            };
+            match r {
+                Ok(true) => copied = e,
+                Ok(false) => {}
+                Err(err) => {
+                    out.truncate(mark);
+                    let location = self.location(row_at);
+                    return Err(match err {
+                        CellError::Malformed(problem) => {
+                            RowsetError::MalformedJson { location, problem }
+                        }
+                        CellError::Value(problem) => bad_value(column, location, problem),
+                    });
+                }
+            }
+        }
+        out.extend_from_slice(&row[copied..]);
         self.sep.clear();
-        out.extend_from_slice(if replaced { &self.row_out } else { raw });
+        self.seen += 1;
         self.emitted += 1;
         self.counts.add_rows(1);
         Ok(())
     }
 }
 
-fn is_ws(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
-}
-
-/// Parses one row (`[v, v, …]`, strict JSON) and records each value's byte span.
-fn parse_row(b: &[u8], spans: &mut Vec<(usize, usize)>) -> Result<(), &'static str> {
-    let mut p = 0;
-    if b.first() != Some(&b'[') {
-        return Err("expected `[` to start a row");
-    }
-    p += 1;
-    skip_ws(b, &mut p);
-    if b.get(p) == Some(&b']') {
-        p += 1;
+/// Masks the string cell whose raw contents (between the quotes) are `raw` and, if it
+/// changes, appends its replacement to `out` and returns `true`.
+fn mask_string_cell(
+    column: &Column,
+    raw: &[u8],
+    count: &mut ColumnCount,
+    scratch: &mut Scratch,
+    out: &mut Vec<u8>,
+) -> Result<bool, CellError> {
+    let Scratch {
+        value: unescaped,
+        rendered,
+        masked,
+    } = scratch;
+    let text =
+        std::str::from_utf8(raw).map_err(|_| CellError::Malformed("row is not valid UTF-8"))?;
+    let value: &str = if memchr::memchr(b'\\', raw).is_some() {
+        unescape(text, unescaped)
+            .map_err(|BadEscape| CellError::Malformed("invalid string escape"))?;
+        unescaped
     } else {
-        loop {
-            skip_ws(b, &mut p);
-            let s = p;
-            parse_value(b, &mut p, 1)?;
-            spans.push((s, p));
-            skip_ws(b, &mut p);
-            match b.get(p) {
-                Some(b',') => p += 1,
-                Some(b']') => {
-                    p += 1;
-                    break;
-                }
-                _ => return Err("expected `,` or `]` after a value"),
-            }
-        }
-    }
-    if p != b.len() {
-        return Err("unexpected bytes after the row");
-    }
-    Ok(())
-}
-
-fn skip_ws(b: &[u8], p: &mut usize) {
-    while b.get(*p).copied().is_some_and(is_ws) {
-        *p += 1;
-    }
-}
-
-fn parse_value(b: &[u8], p: &mut usize, depth: u32) -> Result<(), &'static str> {
-    if depth > MAX_DEPTH {
-        return Err("row nests too deeply");
-    }
-    match b.get(*p) {
-        Some(b'"') => parse_string(b, p),
-        Some(b'n') => literal(b, p, b"null"),
-        Some(b't') => literal(b, p, b"true"),
-        Some(b'f') => literal(b, p, b"false"),
-        Some(b'-' | b'0'..=b'9') => parse_number(b, p),
-        Some(b'[') => {
-            *p += 1;
-            skip_ws(b, p);
-            if b.get(*p) == Some(&b']') {
-                *p += 1;
-                return Ok(());
-            }
-            loop {
-                skip_ws(b, p);
-                parse_value(b, p, depth + 1)?;
-                skip_ws(b, p);
-                match b.get(*p) {
-                    Some(b',') => *p += 1,
-                    Some(b']') => {
-                        *p += 1;
-                        return Ok(());
-                    }
-                    _ => return Err("expected `,` or `]` in an array"),
-                }
-            }
-        }
-        Some(b'{') => {
-            *p += 1;
-            skip_ws(b, p);
-            if b.get(*p) == Some(&b'}') {
-                *p += 1;
-                return Ok(());
-            }
-            loop {
-                skip_ws(b, p);
-                if b.get(*p) != Some(&b'"') {
-                    return Err("expected a string key in an object");
-                }
-                parse_string(b, p)?;
-                skip_ws(b, p);
-                if b.get(*p) != Some(&b':') {
-                    return Err("expected `:` in an object");
-                }
-                *p += 1;
-                skip_ws(b, p);
-                parse_value(b, p, depth + 1)?;
-                skip_ws(b, p);
-                match b.get(*p) {
-                    Some(b',') => *p += 1,
-                    Some(b'}') => {
-                        *p += 1;
-                        return Ok(());
-                    }
-                    _ => return Err("expected `,` or `}` in an object"),
-                }
-            }
-        }
-        _ => Err("expected a JSON value"),
-    }
-}
-
-fn literal(b: &[u8], p: &mut usize, lit: &[u8]) -> Result<(), &'static str> {
-    if b[*p..].starts_with(lit) {
-        *p += lit.len();
-        Ok(())
-    } else {
-        Err("expected a JSON value")
-    }
-}
-
-fn parse_string(b: &[u8], p: &mut usize) -> Result<(), &'static str> {
-    *p += 1;
-    loop {
-        match b.get(*p) {
-            None => return Err("unterminated string"),
-            Some(b'"') => {
-                *p += 1;
-                return Ok(());
-            }
-            Some(b'\\') => match b.get(*p + 1) {
-                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => *p += 2,
-                Some(b'u') => {
-                    let hex = b.get(*p + 2..*p + 6).ok_or("invalid string escape")?;
-                    if !hex.iter().all(u8::is_ascii_hexdigit) {
-                        return Err("invalid string escape");
-                    }
-                    *p += 6;
-                }
-                _ => return Err("invalid string escape"),
-            },
-            Some(&c) if c < 0x20 => return Err("control character in a string"),
-            Some(_) => *p += 1,
-        }
-    }
-}
-
-fn parse_number(b: &[u8], p: &mut usize) -> Result<(), &'static str> {
-    const BAD: &str = "invalid number";
-    let digits = |p: &mut usize| {
-        let s = *p;
-        while b.get(*p).is_some_and(u8::is_ascii_digit) {
-            *p += 1;
-        }
-        *p - s
+        text
     };
-    if b.get(*p) == Some(&b'-') {
-        *p += 1;
-    }
-    match b.get(*p) {
-        Some(b'0') => *p += 1,
-        Some(b'1'..=b'9') => {
-            digits(p);
+    match Plan::op(column, column.sf_type) {
+        Op::Keep => Ok(false),
+        Op::Mask(Method::Null) => {
+            count.masked += 1;
+            out.extend_from_slice(b"null");
+            Ok(true)
         }
-        _ => return Err(BAD),
-    }
-    if b.get(*p) == Some(&b'.') {
-        *p += 1;
-        if digits(p) == 0 {
-            return Err(BAD);
+        Op::Mask(Method::Redact) => {
+            // The output does not depend on the value: no need to render it.
+            count.masked += 1;
+            write_json_str(out, REDACTED);
+            Ok(true)
+        }
+        Op::Mask(method) => {
+            rendered.clear();
+            let t = column.sf_type.unwrap_or(SfType::Other);
+            json_text(t, column.scale, value, rendered).map_err(CellError::Value)?;
+            count.masked += 1;
+            masked.clear();
+            if method.apply_into(rendered, masked) {
+                write_json_str(out, masked);
+            } else {
+                out.extend_from_slice(b"null");
+            }
+            Ok(true)
+        }
+        Op::Detect(rule) => {
+            match mask_text_by_kind(
+                value,
+                &rule.detectors,
+                |k| rule.method_for(k),
+                &mut count.findings,
+            ) {
+                Some(s) => {
+                    count.masked += 1;
+                    write_json_str(out, &s);
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
         }
     }
-    if matches!(b.get(*p), Some(b'e' | b'E')) {
-        *p += 1;
-        if matches!(b.get(*p), Some(b'+' | b'-')) {
-            *p += 1;
-        }
-        if digits(p) == 0 {
-            return Err(BAD);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

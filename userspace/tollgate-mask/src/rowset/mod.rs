@@ -37,6 +37,7 @@
 mod arrow;
 mod error;
 mod json;
+mod json_scan;
 mod plan;
 mod value;
 
