@@ -10,7 +10,8 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::json_scan::{
-    is_ws, parse_row, scan_row, unescape, write_json_str, BadEscape, RowEnd, TooDeep, HIGH_BITS,
+    has_backslash, is_ws, parse_row, scan_row, unescape, write_json_str, BadEscape, RowEnd,
+    TooDeep, HIGH_BITS,
 };
 use super::plan::{Column, Op, Plan};
 use super::value::{json_text, SfType};
@@ -219,6 +220,8 @@ struct Scratch {
     rendered: String,
     /// The masked text.
     masked: String,
+    /// [`REDACTED`] as a JSON string.
+    redacted: Vec<u8>,
 }
 
 /// Why a cell could not be masked.
@@ -250,7 +253,14 @@ impl JsonChunkMasker {
             counts: ColumnCounts::new(n),
             failed: false,
             spans: Vec::with_capacity(n),
-            scratch: Scratch::default(),
+            scratch: Scratch {
+                redacted: {
+                    let mut r = Vec::new();
+                    write_json_str(&mut r, REDACTED);
+                    r
+                },
+                ..Scratch::default()
+            },
         }
     }
 
@@ -540,17 +550,27 @@ fn mask_string_cell(
         value: unescaped,
         rendered,
         masked,
+        redacted,
     } = scratch;
-    let text =
-        std::str::from_utf8(raw).map_err(|_| CellError::Malformed("row is not valid UTF-8"))?;
-    let value: &str = if memchr::memchr(b'\\', raw).is_some() {
-        unescape(text, unescaped)
-            .map_err(|BadEscape| CellError::Malformed("invalid string escape"))?;
-        unescaped
-    } else {
-        text
+    let op = Plan::op(column, column.sf_type);
+    let value = match op {
+        Op::Keep => return Ok(false),
+        // The output does not depend on the value: it is read only if it has escapes, to
+        // check that they stand for characters.
+        Op::Mask(Method::Null | Method::Redact) if !has_backslash(raw) => "",
+        _ => {
+            let text = std::str::from_utf8(raw)
+                .map_err(|_| CellError::Malformed("row is not valid UTF-8"))?;
+            if has_backslash(raw) {
+                unescape(text, unescaped)
+                    .map_err(|BadEscape| CellError::Malformed("invalid string escape"))?;
+                unescaped.as_str()
+            } else {
+                text
+            }
+        }
     };
-    match Plan::op(column, column.sf_type) {
+    match op {
         Op::Keep => Ok(false),
         Op::Mask(Method::Null) => {
             count.masked += 1;
@@ -558,9 +578,8 @@ fn mask_string_cell(
             Ok(true)
         }
         Op::Mask(Method::Redact) => {
-            // The output does not depend on the value: no need to render it.
             count.masked += 1;
-            write_json_str(out, REDACTED);
+            out.extend_from_slice(redacted);
             Ok(true)
         }
         Op::Mask(method) => {

@@ -85,6 +85,21 @@ fn special_bytes(x: u64) -> u64 {
     quote | backslash | control
 }
 
+/// Whether the raw contents of a string hold an escape.
+pub(super) fn has_backslash(b: &[u8]) -> bool {
+    if b.len() >= 64 {
+        return memchr(b'\\', b).is_some();
+    }
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        let x = u64::from_le_bytes(w.try_into().expect("eight bytes"));
+        if zero_bytes(x ^ (ONES * u64::from(b'\\'))) != 0 {
+            return true;
+        }
+    }
+    words.remainder().contains(&b'\\')
+}
+
 fn skip_ws(b: &[u8], p: &mut usize) {
     while b.get(*p).copied().is_some_and(is_ws) {
         *p += 1;
@@ -167,6 +182,7 @@ fn literal(b: &[u8], p: &mut usize, lit: &[u8]) -> Result<(), &'static str> {
 }
 
 /// Parses the string at `b[*p]` (a `"`), eight bytes at a time between escapes.
+#[inline(always)]
 fn parse_string(b: &[u8], p: &mut usize, high: &mut u64) -> Result<(), &'static str> {
     let mut i = *p + 1;
     loop {
@@ -362,12 +378,31 @@ fn hex4(h: Option<&[u8]>) -> Result<u32, BadEscape> {
     })
 }
 
+/// Whether `b` holds a byte that a JSON string must escape.
+fn needs_escape(b: &[u8]) -> bool {
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        if special_bytes(u64::from_le_bytes(w.try_into().expect("eight bytes"))) != 0 {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&c| c < 0x20 || c == b'"' || c == b'\\')
+}
+
 /// Appends `s` as a JSON string, escaped as `serde_json` escapes it.
 pub(super) fn write_json_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let b = s.as_bytes();
     out.reserve(b.len() + 2);
     out.push(b'"');
+    if !needs_escape(b) {
+        out.extend_from_slice(b);
+        out.push(b'"');
+        return;
+    }
     let mut copied = 0;
     for (i, &c) in b.iter().enumerate() {
         let esc: &[u8] = match c {
