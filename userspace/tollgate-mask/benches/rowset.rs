@@ -7,7 +7,8 @@
 //!   serde_json parse + re-serialise, and memcpy;
 //! - free text: a NOTE column scanned by `Detect` against Keep, in both formats.
 //!
-//! Run: `cargo bench -p tollgate-mask --bench rowset` (no external harness).
+//! Run: `cargo bench -p tollgate-mask --bench rowset` (no external harness); a word after `--`
+//! (`arrow`, `json`, `text`) runs only the sections whose name holds it.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{DataType, Field, Schema};
 use serde_json::{json, Value};
 use tollgate_mask::{
-    ColumnCounts, ColumnRule, DetectRule, DetectorSet, MaskKey, Method, ResultMasker,
+    ColumnCounts, ColumnRule, DetectRule, DetectorSet, MaskKey, Method, ResultMasker, TokenMac,
 };
 
 const ROWS: usize = 100_000;
@@ -293,6 +294,7 @@ fn serde_pass_through(chunk: &[u8]) -> Vec<u8> {
 
 fn main() {
     let key = MaskKey::from_bytes(&[42; 32]).unwrap();
+    let cmac_key = MaskKey::new(&[42; 32], TokenMac::Aes256Cmac).unwrap();
     let d = data();
     let keep = |n: usize| (0..n).map(|_| ColumnRule::Keep).collect::<Vec<_>>();
     let three = || {
@@ -300,6 +302,17 @@ fn main() {
             ColumnRule::Keep,
             ColumnRule::Mask(Method::Partial { keep_last: 2 }),
             ColumnRule::Mask(Method::Token { key: key.clone() }),
+            ColumnRule::Mask(Method::Generalize),
+            ColumnRule::Keep,
+        ]
+    };
+    let three_cmac = || {
+        vec![
+            ColumnRule::Keep,
+            ColumnRule::Mask(Method::Partial { keep_last: 2 }),
+            ColumnRule::Mask(Method::Token {
+                key: cmac_key.clone(),
+            }),
             ColumnRule::Mask(Method::Generalize),
             ColumnRule::Keep,
         ]
@@ -313,100 +326,168 @@ fn main() {
             ColumnRule::Keep,
         ]
     };
+    let plain3 = || {
+        vec![
+            ColumnRule::Keep,
+            ColumnRule::Mask(Method::Partial { keep_last: 2 }),
+            ColumnRule::Mask(Method::Redact),
+            ColumnRule::Mask(Method::Generalize),
+            ColumnRule::Keep,
+        ]
+    };
     const PIECE: usize = 64 << 10;
+    // `cargo bench` passes `--bench`; any other argument selects sections.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |section: &str| only.is_empty() || only.iter().any(|o| section.contains(o.as_str()));
 
-    // --- Arrow, column rules ---
     let (ipc, rowtype) = arrow_table(&d);
     let keep_m = ResultMasker::new(keep(5), &rowtype).unwrap();
     let mask_m = ResultMasker::new(three(), &rowtype).unwrap();
+    let cmac_m = ResultMasker::new(three_cmac(), &rowtype).unwrap();
     let redact_m = ResultMasker::new(redact3(), &rowtype).unwrap();
-    println!(
+
+    // --- Arrow, column rules ---
+    if run("arrow") {
+        println!(
         "Arrow: {ROWS} rows x 5 columns, {} batches, {} bytes; NAME partial, SSN token, DOB generalise",
         ROWS / BATCH,
         ipc.len()
     );
-    let memcpy = rate(ipc.len(), || {
-        black_box(black_box(&ipc[..]).to_vec());
-    });
-    let pass = rate(ipc.len(), || {
-        black_box(arrow_mask(&keep_m, black_box(&ipc)));
-    });
-    let masked = rate(ipc.len(), || {
-        black_box(arrow_mask(&mask_m, black_box(&ipc)));
-    });
-    let streamed = rate(ipc.len(), || {
-        black_box(arrow_stream(&mask_m, black_box(&ipc), PIECE));
-    });
-    let base = [("memcpy", memcpy), ("Keep-all", pass)];
-    report("memcpy baseline", memcpy, &[]);
-    report("Keep-all (decode + re-encode)", pass, &base[..1]);
-    report("3 columns masked, one-shot", masked, &base);
-    report(
-        "3 columns masked, streamed in 64 KiB pieces",
-        streamed,
-        &base,
-    );
-    let redacted = rate(ipc.len(), || {
-        black_box(arrow_mask(&redact_m, black_box(&ipc)));
-    });
-    report("3 columns redacted (no HMAC), one-shot", redacted, &base);
-    // The three methods alone on the same values, already rendered as text: what any
-    // result format has to pay.
-    let dob_text: Vec<String> = d
-        .dobs
-        .iter()
-        .map(|&days| {
-            let (y, m, dd) = civil(i64::from(days));
-            format!("{y:04}-{m:02}-{dd:02}")
-        })
-        .collect();
-    let (partial, token, generalize) = (
-        Method::Partial { keep_last: 2 },
-        Method::Token { key: key.clone() },
-        Method::Generalize,
-    );
-    let methods_only = rate(ipc.len(), || {
-        for ((name, ssn), dob) in d.names.iter().zip(&d.ssns).zip(&dob_text) {
-            black_box(partial.apply(black_box(name)));
-            black_box(token.apply(black_box(ssn)));
-            black_box(generalize.apply(black_box(dob)));
-        }
-    });
-    report(
-        "  (the 3 methods alone on pre-rendered text)",
-        methods_only,
-        &base,
-    );
+        let memcpy = rate(ipc.len(), || {
+            black_box(black_box(&ipc[..]).to_vec());
+        });
+        let pass = rate(ipc.len(), || {
+            black_box(arrow_mask(&keep_m, black_box(&ipc)));
+        });
+        let masked = rate(ipc.len(), || {
+            black_box(arrow_mask(&mask_m, black_box(&ipc)));
+        });
+        let streamed = rate(ipc.len(), || {
+            black_box(arrow_stream(&mask_m, black_box(&ipc), PIECE));
+        });
+        let base = [("memcpy", memcpy), ("Keep-all", pass)];
+        report("memcpy baseline", memcpy, &[]);
+        report("Keep-all (decode + re-encode)", pass, &base[..1]);
+        report("3 columns masked, one-shot", masked, &base);
+        report(
+            "3 columns masked, streamed in 64 KiB pieces",
+            streamed,
+            &base,
+        );
+        let redacted = rate(ipc.len(), || {
+            black_box(arrow_mask(&redact_m, black_box(&ipc)));
+        });
+        report("3 columns redacted (no HMAC), one-shot", redacted, &base);
+        // The three methods alone on the same values, already rendered as text: what any
+        // result format has to pay.
+        let dob_text: Vec<String> = d
+            .dobs
+            .iter()
+            .map(|&days| {
+                let (y, m, dd) = civil(i64::from(days));
+                format!("{y:04}-{m:02}-{dd:02}")
+            })
+            .collect();
+        let (partial, token, generalize) = (
+            Method::Partial { keep_last: 2 },
+            Method::Token { key: key.clone() },
+            Method::Generalize,
+        );
+        let methods_only = rate(ipc.len(), || {
+            for ((name, ssn), dob) in d.names.iter().zip(&d.ssns).zip(&dob_text) {
+                black_box(partial.apply(black_box(name)));
+                black_box(token.apply(black_box(ssn)));
+                black_box(generalize.apply(black_box(dob)));
+            }
+        });
+        report(
+            "  (the 3 methods alone on pre-rendered text)",
+            methods_only,
+            &base,
+        );
+        // Each method alone, per value, writing into one reused buffer as the maskers do.
+        let per_value = |method: &Method, values: &[String]| {
+            let mut out = String::new();
+            let (iters, took) = time(|| {
+                for v in values {
+                    out.clear();
+                    black_box(method.apply_into(black_box(v), &mut out));
+                }
+            });
+            took.as_nanos() as f64 / f64::from(iters) / values.len() as f64
+        };
+        let cmac_token = Method::Token {
+            key: cmac_key.clone(),
+        };
+        println!(
+            "    per value: partial {:.0} ns (NAME), token {:.0} ns (SSN; AES-256-CMAC {:.0} ns), \
+             generalise {:.0} ns (DOB)",
+            per_value(&partial, &d.names),
+            per_value(&token, &d.ssns),
+            per_value(&cmac_token, &d.ssns),
+            per_value(&generalize, &dob_text),
+        );
+        let cmac = rate(ipc.len(), || {
+            black_box(arrow_mask(&cmac_m, black_box(&ipc)));
+        });
+        report(
+            "3 columns masked, AES-256-CMAC token, one-shot",
+            cmac,
+            &base,
+        );
+        let plain_m = ResultMasker::new(plain3(), &rowtype).unwrap();
+        let plain = rate(ipc.len(), || {
+            black_box(arrow_mask(&plain_m, black_box(&ipc)));
+        });
+        report("3 columns masked without a token, one-shot", plain, &base);
+        println!("    (NAME partial, SSN redact, DOB generalise)");
+    }
 
     // --- JSON chunk, column rules ---
-    let chunk = json_chunk(&d);
-    println!(
-        "JSON chunk: {ROWS} rows x 5 columns, {} bytes; same rules",
-        chunk.len()
-    );
-    let memcpy = rate(chunk.len(), || {
-        black_box(black_box(&chunk[..]).to_vec());
-    });
-    let serde = rate(chunk.len(), || {
-        black_box(serde_pass_through(black_box(&chunk)));
-    });
-    let pass = rate(chunk.len(), || {
-        black_box(json_mask(&keep_m, black_box(&chunk), PIECE));
-    });
-    let masked = rate(chunk.len(), || {
-        black_box(json_mask(&mask_m, black_box(&chunk), PIECE));
-    });
-    let redacted = rate(chunk.len(), || {
-        black_box(json_mask(&redact_m, black_box(&chunk), PIECE));
-    });
-    let base = [("memcpy", memcpy), ("serde", serde), ("Keep-all", pass)];
-    report("memcpy baseline", memcpy, &[]);
-    report("serde_json parse + re-serialise", serde, &base[..1]);
-    report("Keep-all through the chunk masker", pass, &base[..2]);
-    report("3 columns masked, streamed in 64 KiB pieces", masked, &base);
-    report("3 columns redacted (no HMAC), streamed", redacted, &base);
+    if run("json") {
+        let chunk = json_chunk(&d);
+        println!(
+            "JSON chunk: {ROWS} rows x 5 columns, {} bytes; same rules",
+            chunk.len()
+        );
+        let memcpy = rate(chunk.len(), || {
+            black_box(black_box(&chunk[..]).to_vec());
+        });
+        let serde = rate(chunk.len(), || {
+            black_box(serde_pass_through(black_box(&chunk)));
+        });
+        let pass = rate(chunk.len(), || {
+            black_box(json_mask(&keep_m, black_box(&chunk), PIECE));
+        });
+        let masked = rate(chunk.len(), || {
+            black_box(json_mask(&mask_m, black_box(&chunk), PIECE));
+        });
+        let redacted = rate(chunk.len(), || {
+            black_box(json_mask(&redact_m, black_box(&chunk), PIECE));
+        });
+        let base = [("memcpy", memcpy), ("serde", serde), ("Keep-all", pass)];
+        report("memcpy baseline", memcpy, &[]);
+        report("serde_json parse + re-serialise", serde, &base[..1]);
+        report("Keep-all through the chunk masker", pass, &base[..2]);
+        report("3 columns masked, streamed in 64 KiB pieces", masked, &base);
+        report("3 columns redacted (no HMAC), streamed", redacted, &base);
+        let cmac = rate(chunk.len(), || {
+            black_box(json_mask(&cmac_m, black_box(&chunk), PIECE));
+        });
+        report(
+            "3 columns masked, AES-256-CMAC token, streamed",
+            cmac,
+            &base,
+        );
+    }
 
     // --- Free text: Detect vs Keep ---
+    if !run("text") {
+        return;
+    }
     let detect = ColumnRule::Detect(DetectRule {
         detectors: Arc::new(DetectorSet::standard()),
         methods: vec![],

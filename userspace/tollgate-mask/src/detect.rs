@@ -1019,24 +1019,24 @@ fn valid_ipv4(s: &str) -> bool {
 /// Parses `YYYY-MM-DD` or `M/D/YYYY` (1–2 digit month and day) into `(year, month, day)`,
 /// accepting years 1900–2099 and days valid for the month (leap years included).
 pub(crate) fn parse_date(s: &str) -> Option<(u32, u32, u32)> {
-    let all_digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
-    let (y, m, d) = if let [y, m, d] = s.split('-').collect::<Vec<_>>()[..] {
-        if y.len() != 4 || m.len() != 2 || d.len() != 2 {
-            return None;
-        }
-        (y, m, d)
-    } else if let [m, d, y] = s.split('/').collect::<Vec<_>>()[..] {
-        if y.len() != 4 || m.is_empty() || m.len() > 2 || d.is_empty() || d.len() > 2 {
-            return None;
-        }
-        (y, m, d)
-    } else {
-        return None;
+    // Digits only, at most four of them (no sign, no overflow).
+    let num = |p: &[u8]| -> Option<u32> {
+        (!p.is_empty() && p.len() <= 4 && p.iter().all(u8::is_ascii_digit))
+            .then(|| p.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0')))
     };
-    if !(all_digits(y) && all_digits(m) && all_digits(d)) {
+    let b = s.as_bytes();
+    let (y, m, d) = if b.len() == 10 && b[4] == b'-' && b[7] == b'-' {
+        (num(&b[..4])?, num(&b[5..7])?, num(&b[8..])?)
+    } else if s.contains('-') {
         return None;
-    }
-    let (y, m, d): (u32, u32, u32) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+    } else {
+        let mut parts = s.split('/');
+        let (m, d, y) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || y.len() != 4 || m.len() > 2 || d.len() > 2 {
+            return None;
+        }
+        (num(y.as_bytes())?, num(m.as_bytes())?, num(d.as_bytes())?)
+    };
     if !(1900..=2099).contains(&y) || !(1..=12).contains(&m) {
         return None;
     }

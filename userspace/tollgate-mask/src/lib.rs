@@ -26,7 +26,7 @@ pub mod text;
 
 pub use detect::{Detector, DetectorConfig, DetectorSet, Finding};
 pub use error::MaskError;
-pub use method::{MaskKey, MaskedValue, Method, REDACTED};
+pub use method::{MaskKey, MaskedValue, Method, TokenMac, REDACTED};
 pub use rowset::{
     ArrowChunkMasker, ColumnCount, ColumnCounts, ColumnRule, DetectRule, JsonChunkMasker,
     ResultMasker, RowsetError,

@@ -66,6 +66,47 @@ fn token_matches_hmac_sha256_reference() {
     );
 }
 
+proptest::proptest! {
+    /// Tokens are the first 16 bytes of the `hmac` crate's HMAC-SHA256, for keys shorter and
+    /// longer than a block and messages around every padding boundary (55, 56, 64 bytes …).
+    #[test]
+    fn token_is_hmac_sha256(
+        key in proptest::collection::vec(proptest::num::u8::ANY, MIN_KEY_LEN..150),
+        value in "(?s).{0,140}",
+    ) {
+        use hmac::{Hmac, Mac};
+        let mut reference = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).unwrap();
+        reference.update(value.as_bytes());
+        let tag = reference.finalize().into_bytes();
+        let hex: String = tag[..16].iter().map(|b| format!("{b:02x}")).collect();
+        proptest::prop_assert_eq!(
+            MaskKey::from_bytes(&key).unwrap().token(&value),
+            format!("tok_{hex}")
+        );
+    }
+}
+
+#[test]
+fn token_at_every_padding_boundary() {
+    use hmac::{Hmac, Mac};
+    for key_len in [MIN_KEY_LEN, 63, 64, 65, 200] {
+        let key: Vec<u8> = (0..key_len).map(|i| i as u8).collect();
+        let k = MaskKey::from_bytes(&key).unwrap();
+        for len in 0..=200 {
+            let value = "x".repeat(len);
+            let mut reference = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).unwrap();
+            reference.update(value.as_bytes());
+            let tag = reference.finalize().into_bytes();
+            let hex: String = tag[..16].iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(
+                k.token(&value),
+                format!("tok_{hex}"),
+                "key {key_len}, value {len}"
+            );
+        }
+    }
+}
+
 #[test]
 fn key_rules() {
     assert!(matches!(

@@ -31,11 +31,11 @@ use arrow_schema::{DataType, Field, Metadata, Schema, SchemaRef, TimeUnit};
 use super::error::describe_arrow_error;
 use super::plan::{Column, Op, Plan, TEXT_LENGTH};
 use super::value::{
-    default_scale, pow10, push_date, push_decimal, push_float, push_hex, push_time, push_timestamp,
-    tz_offset, SfType,
+    civil_from_days, default_scale, pow10, push_date, push_decimal, push_float, push_hex,
+    push_time, push_timestamp, tz_offset, SfType,
 };
 use super::{ColumnCount, ColumnCounts, DetectRule, RowsetError};
-use crate::method::{Method, REDACTED};
+use crate::method::{push_year, Method, REDACTED};
 use crate::text::mask_text_by_kind;
 
 /// Largest IPC message header (flatbuffer) accepted; real schema messages are a few KiB.
@@ -446,6 +446,46 @@ fn prim<T: ArrowPrimitiveType>(
     Ok(())
 }
 
+/// Safe Harbor generalisation of a DATE column: the year, computed from the day count without
+/// rendering the date. A year outside what [`Method::Generalize`] recognises as a date takes the
+/// general path (render, then generalise), so the output is the same as that path's.
+fn generalize_dates(array: &dyn Array, count: &mut ColumnCount) -> ArrayRef {
+    let days: Box<dyn Iterator<Item = Option<i64>>> = match array.data_type() {
+        DataType::Date32 => Box::new(
+            array
+                .as_primitive::<Date32Type>()
+                .iter()
+                .map(|v| v.map(i64::from)),
+        ),
+        _ => Box::new(
+            array
+                .as_primitive::<Date64Type>()
+                .iter()
+                .map(|v| v.map(|ms| ms.div_euclid(86_400_000))),
+        ),
+    };
+    let mut b = GenericStringBuilder::<i32>::with_capacity(array.len(), array.len() * 4);
+    let (mut text, mut out) = (String::new(), String::new());
+    for day in days {
+        let Some(day) = day else {
+            b.append_null();
+            continue;
+        };
+        count.masked += 1;
+        out.clear();
+        match civil_from_days(day) {
+            (year @ 1900..=2099, _, _) => push_year(year as u32, &mut out),
+            _ => {
+                text.clear();
+                push_date(&mut text, day);
+                Method::Generalize.apply_into(&text, &mut out);
+            }
+        }
+        b.append_value(&out);
+    }
+    Arc::new(b.finish())
+}
+
 /// Rebuilds a string array of the same type with some values replaced.
 fn rebuild_strings<'a>(
     dt: &DataType,
@@ -544,6 +584,10 @@ fn mask_column(
             }
             Ok(Arc::new(b.finish()))
         }
+        ArrowOp::Text {
+            method: Method::Generalize,
+            conv: Conv::Date,
+        } => Ok(generalize_dates(array.as_ref(), count)),
         ArrowOp::Text { method, conv } => {
             let mut b = GenericStringBuilder::<i32>::with_capacity(array.len(), array.len() * 8);
             let mut total: usize = 0;

@@ -109,7 +109,7 @@ pub(crate) fn push_float(out: &mut String, v: f64) {
 }
 
 /// `(year, month, day)` of a day count since 1970-01-01 (proleptic Gregorian).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     // Howard Hinnant's `civil_from_days`.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
