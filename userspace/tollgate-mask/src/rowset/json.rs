@@ -10,8 +10,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::json_scan::{
-    has_backslash, is_ws, parse_row, scan_row, unescape, write_json_str, BadEscape, RowEnd,
-    TooDeep, HIGH_BITS,
+    has_backslash, is_ws, parse_row, scan_row, unescape, write_json_str, BadEscape, RowEnd, TooDeep,
 };
 use super::plan::{Column, Op, Plan};
 use super::value::{json_text, SfType};
@@ -359,13 +358,26 @@ impl JsonChunkMasker {
             self.state = State::AfterRow;
             from = k;
         }
-        let r = self.scan(input, from, out);
+        // One UTF-8 check for the piece; rows past its valid prefix (a code point split at
+        // the end, or bad bytes) are checked on their own.
+        let text = match std::str::from_utf8(input) {
+            Ok(t) => t,
+            Err(e) => std::str::from_utf8(&input[..e.valid_up_to()]).unwrap_or_default(),
+        };
+        let r = self.scan(input, text, from, out);
         self.offset += input.len() as u64;
         r
     }
 
-    /// Scans `data[from..]` (the current piece, at `self.offset`), emitting each complete row.
-    fn scan(&mut self, data: &[u8], from: usize, out: &mut Vec<u8>) -> Result<(), RowsetError> {
+    /// Scans `data[from..]` (the current piece, at `self.offset`, whose valid UTF-8 prefix is
+    /// `text`), emitting each complete row.
+    fn scan(
+        &mut self,
+        data: &[u8],
+        text: &str,
+        from: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RowsetError> {
         let mut pos = from;
         while pos < data.len() {
             let b = data[pos];
@@ -393,9 +405,12 @@ impl JsonChunkMasker {
                     let row_at = self.offset + pos as u64;
                     let rest = &data[pos..];
                     self.spans.clear();
-                    let mut high = 0;
-                    if let Ok(n) = scan_row(rest, &mut self.spans, &mut high) {
-                        self.emit_row(&rest[..n], row_at, high & HIGH_BITS == 0, out)?;
+                    if let Ok(n) = scan_row(rest, &mut self.spans) {
+                        let text = match text.get(pos..pos + n) {
+                            Some(t) => t,
+                            None => self.utf8(&rest[..n], row_at)?,
+                        };
+                        self.emit_row(text, row_at, out)?;
                         pos += n;
                         self.state = State::AfterRow;
                         continue;
@@ -451,35 +466,26 @@ impl JsonChunkMasker {
         row_at: u64,
         out: &mut Vec<u8>,
     ) -> Result<(), RowsetError> {
-        if std::str::from_utf8(row).is_err() {
-            return Err(RowsetError::MalformedJson {
-                location: self.location(row_at),
-                problem: "row is not valid UTF-8",
-            });
-        }
+        let text = self.utf8(row, row_at)?;
         self.spans.clear();
         parse_row(row, &mut self.spans).map_err(|problem| RowsetError::MalformedJson {
             location: self.location(row_at),
             problem,
         })?;
-        self.emit_row(row, row_at, true, out)
+        self.emit_row(text, row_at, out)
     }
 
-    /// Masks the complete row `row`, whose value spans are in `spans`, and appends it to
-    /// `out`. `ascii` says the row is known to be ASCII (else it is checked to be UTF-8).
-    fn emit_row(
-        &mut self,
-        row: &[u8],
-        row_at: u64,
-        ascii: bool,
-        out: &mut Vec<u8>,
-    ) -> Result<(), RowsetError> {
-        if !ascii && std::str::from_utf8(row).is_err() {
-            return Err(RowsetError::MalformedJson {
-                location: self.location(row_at),
-                problem: "row is not valid UTF-8",
-            });
-        }
+    fn utf8<'a>(&self, row: &'a [u8], row_at: u64) -> Result<&'a str, RowsetError> {
+        std::str::from_utf8(row).map_err(|_| RowsetError::MalformedJson {
+            location: self.location(row_at),
+            problem: "row is not valid UTF-8",
+        })
+    }
+
+    /// Masks the complete row `text`, whose value spans are in `spans`, and appends it to
+    /// `out`.
+    fn emit_row(&mut self, text: &str, row_at: u64, out: &mut Vec<u8>) -> Result<(), RowsetError> {
+        let row = text.as_bytes();
         if self.spans.len() != self.plan.columns.len() {
             return Err(RowsetError::RowWidth {
                 location: self.location(row_at),
@@ -505,7 +511,7 @@ impl JsonChunkMasker {
                     copied = s;
                     mask_string_cell(
                         column,
-                        &cell[1..cell.len() - 1],
+                        &text[s + 1..e - 1],
                         self.counts.column_mut(i),
                         &mut self.scratch,
                         out,
@@ -537,11 +543,11 @@ impl JsonChunkMasker {
     }
 }
 
-/// Masks the string cell whose raw contents (between the quotes) are `raw` and, if it
+/// Masks the string cell whose raw contents (between the quotes) are `text` and, if it
 /// changes, appends its replacement to `out` and returns `true`.
 fn mask_string_cell(
     column: &Column,
-    raw: &[u8],
+    text: &str,
     count: &mut ColumnCount,
     scratch: &mut Scratch,
     out: &mut Vec<u8>,
@@ -552,6 +558,7 @@ fn mask_string_cell(
         masked,
         redacted,
     } = scratch;
+    let raw = text.as_bytes();
     let op = Plan::op(column, column.sf_type);
     let value = match op {
         Op::Keep => return Ok(false),
@@ -559,8 +566,6 @@ fn mask_string_cell(
         // check that they stand for characters.
         Op::Mask(Method::Null | Method::Redact) if !has_backslash(raw) => "",
         _ => {
-            let text = std::str::from_utf8(raw)
-                .map_err(|_| CellError::Malformed("row is not valid UTF-8"))?;
             if has_backslash(raw) {
                 unescape(text, unescaped)
                     .map_err(|BadEscape| CellError::Malformed("invalid string escape"))?;

@@ -12,16 +12,12 @@ pub(super) fn is_ws(b: u8) -> bool {
 }
 
 /// Scans one row (`[v, v, …]`, strict JSON) at the start of `b`, which may go on past the row,
-/// and records each value's byte span. Returns the index just past the row's `]`. String
-/// contents are OR-ed into `high`, so `high & HIGH_BITS == 0` means the row is ASCII.
+/// and records each value's byte span. Returns the index just past the row's `]`. Bytes are
+/// not checked to be UTF-8 here.
 ///
 /// Running out of bytes is an error like any other: the caller tells an incomplete row from a
 /// bad one with [`RowEnd`].
-pub(super) fn scan_row(
-    b: &[u8],
-    spans: &mut Vec<(usize, usize)>,
-    high: &mut u64,
-) -> Result<usize, &'static str> {
+pub(super) fn scan_row(b: &[u8], spans: &mut Vec<(usize, usize)>) -> Result<usize, &'static str> {
     if b.first() != Some(&b'[') {
         return Err("expected `[` to start a row");
     }
@@ -34,9 +30,9 @@ pub(super) fn scan_row(
         skip_ws(b, &mut p);
         let s = p;
         if b.get(p) == Some(&b'"') {
-            parse_string(b, &mut p, high)?;
+            parse_string(b, &mut p)?;
         } else {
-            parse_value(b, &mut p, 1, high)?;
+            parse_value(b, &mut p, 1)?;
         }
         spans.push((s, p));
         match b.get(p) {
@@ -56,15 +52,13 @@ pub(super) fn scan_row(
 
 /// Parses exactly one row (`[v, v, …]`, strict JSON) and records each value's byte span.
 pub(super) fn parse_row(b: &[u8], spans: &mut Vec<(usize, usize)>) -> Result<(), &'static str> {
-    let end = scan_row(b, spans, &mut 0)?;
+    let end = scan_row(b, spans)?;
     if end != b.len() {
         return Err("unexpected bytes after the row");
     }
     Ok(())
 }
 
-/// The high bit of every byte of a word.
-pub(super) const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 const ONES: u64 = 0x0101_0101_0101_0101;
 const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
 
@@ -106,12 +100,12 @@ fn skip_ws(b: &[u8], p: &mut usize) {
     }
 }
 
-fn parse_value(b: &[u8], p: &mut usize, depth: u32, high: &mut u64) -> Result<(), &'static str> {
+fn parse_value(b: &[u8], p: &mut usize, depth: u32) -> Result<(), &'static str> {
     if depth > MAX_DEPTH {
         return Err("row nests too deeply");
     }
     match b.get(*p) {
-        Some(b'"') => parse_string(b, p, high),
+        Some(b'"') => parse_string(b, p),
         Some(b'n') => literal(b, p, b"null"),
         Some(b't') => literal(b, p, b"true"),
         Some(b'f') => literal(b, p, b"false"),
@@ -125,7 +119,7 @@ fn parse_value(b: &[u8], p: &mut usize, depth: u32, high: &mut u64) -> Result<()
             }
             loop {
                 skip_ws(b, p);
-                parse_value(b, p, depth + 1, high)?;
+                parse_value(b, p, depth + 1)?;
                 skip_ws(b, p);
                 match b.get(*p) {
                     Some(b',') => *p += 1,
@@ -149,14 +143,14 @@ fn parse_value(b: &[u8], p: &mut usize, depth: u32, high: &mut u64) -> Result<()
                 if b.get(*p) != Some(&b'"') {
                     return Err("expected a string key in an object");
                 }
-                parse_string(b, p, high)?;
+                parse_string(b, p)?;
                 skip_ws(b, p);
                 if b.get(*p) != Some(&b':') {
                     return Err("expected `:` in an object");
                 }
                 *p += 1;
                 skip_ws(b, p);
-                parse_value(b, p, depth + 1, high)?;
+                parse_value(b, p, depth + 1)?;
                 skip_ws(b, p);
                 match b.get(*p) {
                     Some(b',') => *p += 1,
@@ -183,19 +177,16 @@ fn literal(b: &[u8], p: &mut usize, lit: &[u8]) -> Result<(), &'static str> {
 
 /// Parses the string at `b[*p]` (a `"`), eight bytes at a time between escapes.
 #[inline(always)]
-fn parse_string(b: &[u8], p: &mut usize, high: &mut u64) -> Result<(), &'static str> {
+fn parse_string(b: &[u8], p: &mut usize) -> Result<(), &'static str> {
     let mut i = *p + 1;
     loop {
         while let Some(word) = b.get(i..i + 8) {
             let x = u64::from_le_bytes(word.try_into().expect("eight bytes"));
             let m = special_bytes(x);
             if m != 0 {
-                let k = m.trailing_zeros() as usize / 8;
-                *high |= x & ((1u64 << (8 * k)) - 1);
-                i += k;
+                i += m.trailing_zeros() as usize / 8;
                 break;
             }
-            *high |= x;
             i += 8;
         }
         match b.get(i) {
@@ -216,10 +207,7 @@ fn parse_string(b: &[u8], p: &mut usize, high: &mut u64) -> Result<(), &'static 
                 _ => return Err("invalid string escape"),
             },
             Some(&c) if c < 0x20 => return Err("control character in a string"),
-            Some(&c) => {
-                *high |= u64::from(c);
-                i += 1;
-            }
+            Some(_) => i += 1,
         }
     }
 }
