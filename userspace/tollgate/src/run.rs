@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tollgate_bpf::{ConnectLookup, RedirectConfig, Redirector};
-use tollgate_mask::MaskKey;
+use tollgate_mask::{MaskKey, TokenMac};
 use tollgate_proxy::{
     CertificateAuthority, KernelRedirectsOnly, ProcessIdentity, Proxy, RecordSink, Redirects,
 };
@@ -538,10 +538,10 @@ pub fn detach(pin_dir: &Path) -> Result<()> {
 fn masking_setup(settings: &Settings) -> Result<Masking> {
     let key = match &settings.masking.key {
         MaskKeySource::Existing { path, key } => {
-            info!(path = %path.display(), "masking key");
+            info!(path = %path.display(), token_mac = key.token_mac().name(), "masking key");
             key.clone()
         }
-        MaskKeySource::Create { path } => create_mask_key(path)?,
+        MaskKeySource::Create { path, mac } => create_mask_key(path, *mac)?,
     };
     Ok(Masking {
         key: Some(key),
@@ -550,7 +550,7 @@ fn masking_setup(settings: &Settings) -> Result<Masking> {
 }
 
 /// Creates a fresh 32-byte masking key at `path` (mode 0600, never replacing a file).
-fn create_mask_key(path: &Path) -> Result<MaskKey> {
+fn create_mask_key(path: &Path, mac: TokenMac) -> Result<MaskKey> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the state directory {}", dir.display()))?;
@@ -570,5 +570,5 @@ fn create_mask_key(path: &Path) -> Result<MaskKey> {
         .with_context(|| format!("writing the masking key {}", path.display()))?;
     f.sync_all().ok();
     info!(path = %path.display(), "created the masking key for `token` masking; back it up to keep tokens stable");
-    MaskKey::from_bytes(&key).map_err(|e| anyhow::anyhow!("the new masking key is unusable: {e}"))
+    MaskKey::new(&key, mac).map_err(|e| anyhow::anyhow!("the new masking key is unusable: {e}"))
 }
