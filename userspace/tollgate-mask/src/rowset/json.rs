@@ -358,19 +358,20 @@ impl JsonChunkMasker {
             self.state = State::AfterRow;
             from = k;
         }
-        // One UTF-8 check for the piece; rows past its valid prefix (a code point split at
-        // the end, or bad bytes) are checked on their own.
-        let text = match std::str::from_utf8(input) {
+        // One UTF-8 check for the rest of the piece; rows past its valid prefix (a code point
+        // split at the end, or bad bytes) are checked on their own.
+        let rest = &input[from..];
+        let text = match std::str::from_utf8(rest) {
             Ok(t) => t,
-            Err(e) => std::str::from_utf8(&input[..e.valid_up_to()]).unwrap_or_default(),
+            Err(e) => std::str::from_utf8(&rest[..e.valid_up_to()]).unwrap_or_default(),
         };
         let r = self.scan(input, text, from, out);
         self.offset += input.len() as u64;
         r
     }
 
-    /// Scans `data[from..]` (the current piece, at `self.offset`, whose valid UTF-8 prefix is
-    /// `text`), emitting each complete row.
+    /// Scans `data[from..]` (the current piece, at `self.offset`; the valid UTF-8 prefix of
+    /// `data[from..]` is `text`), emitting each complete row.
     fn scan(
         &mut self,
         data: &[u8],
@@ -406,7 +407,7 @@ impl JsonChunkMasker {
                     let rest = &data[pos..];
                     self.spans.clear();
                     if let Ok(n) = scan_row(rest, &mut self.spans) {
-                        let text = match text.get(pos..pos + n) {
+                        let text = match text.get(pos - from..pos - from + n) {
                             Some(t) => t,
                             None => self.utf8(&rest[..n], row_at)?,
                         };
