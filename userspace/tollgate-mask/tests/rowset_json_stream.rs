@@ -377,3 +377,45 @@ fn long_rows_streamed_in_small_pieces() {
         assert_eq!(counts, reference_rows.1);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// DATE columns under every method (Generalize has its own path from the day count).
+    #[test]
+    fn date_columns_mask_like_the_rowset_path(
+        days in prop::collection::vec(
+            prop_oneof![
+                4 => (-30_000i64..50_000).prop_map(|d| d.to_string()),
+                1 => any::<i64>().prop_map(|d| d.to_string()),
+                1 => Just("-0".to_owned()),
+                1 => Just("+7367".to_owned()),
+                1 => Just("1e3".to_owned()),
+            ],
+            1..10,
+        ),
+        method in method(),
+        cuts in prop::collection::vec(1usize..30, 1..4),
+    ) {
+        let m = ResultMasker::new(
+            vec![ColumnRule::Mask(method)],
+            &[sf_rowtype("DOB", "date", None)],
+        )
+        .unwrap();
+        let input = days
+            .iter()
+            .map(|d| serde_json::to_string(&[d]).unwrap())
+            .collect::<Vec<_>>()
+            .join(",")
+            .into_bytes();
+        let got = stream(&m, &input, &cuts);
+        match reference(&m, &input) {
+            Some((want, want_counts)) => {
+                let (out, counts) = got.unwrap();
+                prop_assert_eq!(parse_body(&out), want);
+                prop_assert_eq!(counts, want_counts);
+            }
+            None => prop_assert!(got.is_err()),
+        }
+    }
+}

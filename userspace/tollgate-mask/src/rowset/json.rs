@@ -13,9 +13,9 @@ use super::json_scan::{
     has_backslash, is_ws, parse_row, scan_row, unescape, write_json_str, BadEscape, RowEnd, TooDeep,
 };
 use super::plan::{Column, Op, Plan};
-use super::value::{json_text, SfType};
+use super::value::{civil_from_days, json_text, SfType};
 use super::{ColumnCount, ColumnCounts, RowsetError};
-use crate::method::{MaskedValue, Method, REDACTED};
+use crate::method::{push_year, MaskedValue, Method, REDACTED};
 use crate::text::mask_text_by_kind;
 
 /// Most separator bytes kept between two rows; longer runs of whitespace are shortened.
@@ -73,6 +73,20 @@ fn mask_cell(
                 None => Ok(Cell::Same),
             }
         }
+    }
+}
+
+/// The year of a DATE value (days since 1970-01-01) when it is one that `Generalize` keeps
+/// (1900–2099), computed without rendering the date; other values take the general path,
+/// which gives the same output.
+fn date_year(days: &str) -> Option<u32> {
+    let days: i64 = days.parse().ok()?;
+    if days.unsigned_abs() > 1 << 40 {
+        return None;
+    }
+    match civil_from_days(days) {
+        (year @ 1900..=2099, _, _) => Some(year as u32),
+        _ => None,
     }
 }
 
@@ -589,12 +603,22 @@ fn mask_string_cell(
             Ok(true)
         }
         Op::Mask(method) => {
-            rendered.clear();
-            let t = column.sf_type.unwrap_or(SfType::Other);
-            json_text(t, column.scale, value, rendered).map_err(CellError::Value)?;
-            count.masked += 1;
             masked.clear();
-            if method.apply_into(rendered, masked) {
+            let year = match (method, column.sf_type) {
+                (Method::Generalize, Some(SfType::Date)) => date_year(value),
+                _ => None,
+            };
+            let text = if let Some(year) = year {
+                push_year(year, masked);
+                true
+            } else {
+                rendered.clear();
+                let t = column.sf_type.unwrap_or(SfType::Other);
+                json_text(t, column.scale, value, rendered).map_err(CellError::Value)?;
+                method.apply_into(rendered, masked)
+            };
+            count.masked += 1;
+            if text {
                 write_json_str(out, masked);
             } else {
                 out.extend_from_slice(b"null");
