@@ -51,12 +51,12 @@ const BATCHES: [usize; 3] = [1000, 5000, 20_000];
 const QUERIES: usize = 300;
 const WARMUP: usize = 20;
 const ROUNDS: usize = 5;
-const POINT_QUERY: &str = "SELECT ID, NAME FROM CLINICAL.EHR.PATIENTS WHERE ID = 1";
+pub(crate) const POINT_QUERY: &str = "SELECT ID, NAME FROM CLINICAL.EHR.PATIENTS WHERE ID = 1";
 
 /// Iterations of the library-level append benchmark (per `sync` setting).
 const APPEND_ITERS: usize = 2000;
 
-const POLICY: &str = r#"version: 1
+pub(crate) const POLICY: &str = r#"version: 1
 defaults:
   unparseable_sql: deny
   unknown_statement: deny
@@ -711,7 +711,7 @@ fn end_to_end() -> Result<EndToEnd> {
 // ---------------------------------------------------------------------------------------------
 // Report
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -729,7 +729,7 @@ fn machine() -> String {
 }
 
 /// `/proc/loadavg`'s first three fields.
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()

@@ -8,6 +8,7 @@
 
 mod bench;
 mod bench_audit;
+mod bench_load;
 mod bench_masking;
 mod demo;
 mod mitm;
@@ -52,7 +53,7 @@ enum Cmd {
         /// Directory for the results.
         #[arg(long, default_value = "tests/bench")]
         out: PathBuf,
-        /// Only this part: `foundation`, `enforcement`, `masking` or `audit`.
+        /// Only this part: `foundation`, `enforcement`, `masking`, `audit` or `concurrency`.
         #[arg(long)]
         only: Option<String>,
     },
@@ -94,6 +95,9 @@ fn main() -> Result<()> {
             }
             if only.as_deref().is_none_or(|o| o == "audit") {
                 bench_audit::audit(&out.join("audit.md"))?;
+            }
+            if only.as_deref().is_none_or(|o| o == "concurrency") {
+                bench_load::concurrency(&root, &out.join("concurrency.md"))?;
             }
             Ok(())
         }

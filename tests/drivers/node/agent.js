@@ -11,6 +11,10 @@
 //   {"sql": "...", "bindings": [...], "async": true, "digest": true}
 // (`digest`: print rowcount, sha256, first and last row instead of the rows).
 // `--concurrent` runs all statements at once on the one connection; output keeps input order.
+// `--sessions N --seconds S [--pause-ms P]` is a load run: N connections (sessions) at once, each
+// running the statements in turn for S seconds, pausing P ms after each; it prints one JSON line,
+//   {"ok": true, "sessions": N, "connected": n, "statements": n, "errors": n, "error_samples": [...],
+//    "latency_ms": {"p50": …, "p90": …, "p99": …, "max": …}}
 //
 // Values are printed type-faithfully: JSON-native types as they are; dates and timestamps tagged
 // with their Snowflake column type, e.g. {"date": "1990-03-04"}, binary as {"binary": "<hex>"}.
@@ -122,6 +126,10 @@ async function main() {
     const i = p.indexOf('=');
     opts[p.slice(0, i)] = p.slice(i + 1);
   }
+  if (a.sessions) {
+    await load(a, opts, stmts);
+    return;
+  }
   const conn = snowflake.createConnection(opts);
   try {
     await new Promise((res, rej) => conn.connect((err) => (err ? rej(err) : res())));
@@ -145,6 +153,54 @@ async function main() {
   } finally {
     await new Promise((res) => conn.destroy(() => res()));
   }
+}
+
+// A load run (see the top of this file): every session logs in, then runs until the deadline.
+async function load(a, opts, stmts) {
+  const sessions = Number(a.sessions);
+  const deadline = Date.now() + Number(a.seconds || 60) * 1000;
+  const pause = Number(a.pauseMs || 0);
+  const latencies = [];
+  const samples = [];
+  let connected = 0;
+  let errors = 0;
+  const fail = (what) => {
+    errors += 1;
+    if (samples.length < 10) samples.push(what);
+  };
+  const session = async (n) => {
+    const conn = snowflake.createConnection(opts);
+    try {
+      await new Promise((res, rej) => conn.connect((err) => (err ? rej(err) : res())));
+    } catch (e) {
+      fail({ session: n, stage: 'connect', error: e.name, message: e.message });
+      return;
+    }
+    connected += 1;
+    for (let i = n; Date.now() < deadline; i++) {
+      const started = process.hrtime.bigint();
+      const r = await execute(conn, stmts[i % stmts.length]);
+      if (r.ok) {
+        latencies.push(Number(process.hrtime.bigint() - started) / 1e6);
+      } else {
+        fail({ session: n, error: r.error, message: r.message });
+      }
+      if (pause > 0) await new Promise((res) => setTimeout(res, pause));
+    }
+    await new Promise((res) => conn.destroy(() => res()));
+  };
+  await Promise.all(Array.from({ length: sessions }, (_, n) => session(n)));
+  latencies.sort((x, y) => x - y);
+  const pct = (p) => (latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] : null);
+  console.log(JSON.stringify({
+    ok: errors === 0 && connected === sessions,
+    sessions,
+    connected,
+    statements: latencies.length + errors,
+    errors,
+    error_samples: samples,
+    latency_ms: { p50: pct(0.5), p90: pct(0.9), p99: pct(0.99), max: latencies.length ? latencies[latencies.length - 1] : null },
+  }));
 }
 
 main().catch((e) => {

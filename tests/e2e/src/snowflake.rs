@@ -363,6 +363,41 @@ pub fn run_node(cgroup: &Path, env: AgentEnv, statements: &[Statement]) -> Resul
     run_agent(cgroup, &env, statements, &node_bin(), &agent, "node")
 }
 
+/// How a load run of the Node agent goes (`--sessions`, `--seconds`, `--pause-ms`).
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    /// Connections (sessions) open at once.
+    pub sessions: u32,
+    /// How long each session runs statements.
+    pub seconds: u64,
+    /// Pause after each statement (think time), per session.
+    pub pause_ms: u64,
+}
+
+/// A load run of the Node agent in `cgroup`: `load.sessions` sessions at once, each running
+/// `statements` in turn; the agent's one summary line (sessions connected, statements, errors
+/// and samples of them, latency percentiles).
+pub fn run_node_load(
+    cgroup: &Path,
+    env: AgentEnv,
+    statements: &[Statement],
+    load: Load,
+) -> Result<Value> {
+    let agent = drivers_dir().join("node/agent.js");
+    let args: Vec<String> = [
+        ("--sessions", load.sessions.to_string()),
+        ("--seconds", load.seconds.to_string()),
+        ("--pause-ms", load.pause_ms.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.to_string(), v])
+    .collect();
+    let (cmd, stderr) =
+        agent_command(cgroup, &env, statements, &node_bin(), &agent, "node", &args)?;
+    let mut lines = wait_agent(cmd, &stderr, env.timeout, "node")?;
+    lines.pop().context("the load run printed no summary")
+}
+
 /// The attacker's script (`tests/drivers/python/attacker.py`), run like the Python agent
 /// (same environment, trust, /etc/hosts and cgroup) with `--attack NAME` and `args`.
 pub fn attack_command(

@@ -468,7 +468,9 @@ impl JsonChunkMasker {
                     }
                     pos += 1;
                 }
-                State::InRow(_) | State::Discard => unreachable!("handled by push"),
+                // `push` settles these states before scanning; should that ever change, the
+                // chunk fails (and is withheld) rather than the process panicking.
+                State::InRow(_) | State::Discard => return Err(RowsetError::Failed),
             }
         }
         Ok(())
