@@ -210,6 +210,10 @@ impl MaskKey {
 
     /// Appends the token for `value` under this key to `out`.
     pub fn push_token(&self, value: &str, out: &mut String) {
+        self.put_token(value, out);
+    }
+
+    fn put_token(&self, value: &str, out: &mut impl Out) {
         let tag: [u8; 16] = match &self.mac {
             Keyed::Hmac(k) => {
                 let full = k.mac(value.as_bytes());
@@ -224,8 +228,8 @@ impl MaskKey {
             pair[0] = HEX[usize::from(b >> 4)];
             pair[1] = HEX[usize::from(b & 0xf)];
         }
-        out.push_str(TOKEN_PREFIX);
-        push_ascii(out, &hex);
+        out.put(TOKEN_PREFIX);
+        out.put_ascii(&hex);
     }
 }
 
@@ -365,14 +369,24 @@ impl Method {
     /// Masks one value into `out` (appended), without allocating when `out` has room; returns
     /// `false` when the value becomes `NULL` (nothing is appended).
     pub fn apply_into(&self, value: &str, out: &mut String) -> bool {
+        self.apply_to(value, out)
+    }
+
+    /// [`apply_into`](Self::apply_into) for an output assembled as bytes (an Arrow values
+    /// buffer), which its owner checks as UTF-8 once, as a whole.
+    pub(crate) fn apply_bytes(&self, value: &str, out: &mut Vec<u8>) -> bool {
+        self.apply_to(value, out)
+    }
+
+    fn apply_to(&self, value: &str, out: &mut impl Out) -> bool {
         match self {
-            Method::Redact => out.push_str(REDACTED),
+            Method::Redact => out.put(REDACTED),
             Method::Partial { keep_last } => partial(value, *keep_last, out),
-            Method::Token { key } => key.push_token(value, out),
+            Method::Token { key } => key.put_token(value, out),
             Method::Null => return false,
             Method::Generalize => {
                 if !generalize(value, out) {
-                    out.push_str(REDACTED);
+                    out.put(REDACTED);
                 }
             }
         }
@@ -380,23 +394,48 @@ impl Method {
     }
 }
 
-fn partial(value: &str, keep_last: usize, out: &mut String) {
+/// Where the methods write: a `String`, or bytes whose owner checks them as UTF-8 as a whole
+/// (every method writes whole characters, so the bytes are UTF-8 by construction).
+pub(crate) trait Out {
+    /// Appends text.
+    fn put(&mut self, s: &str);
+    /// Appends bytes that are ASCII (masks, digits, hex).
+    fn put_ascii(&mut self, bytes: &[u8]);
+}
+
+impl Out for String {
+    fn put(&mut self, s: &str) {
+        self.push_str(s);
+    }
+    fn put_ascii(&mut self, bytes: &[u8]) {
+        self.push_str(std::str::from_utf8(bytes).expect("ASCII bytes are UTF-8"));
+    }
+}
+
+impl Out for Vec<u8> {
+    fn put(&mut self, s: &str) {
+        self.extend_from_slice(s.as_bytes());
+    }
+    fn put_ascii(&mut self, bytes: &[u8]) {
+        debug_assert!(bytes.is_ascii());
+        self.extend_from_slice(bytes);
+    }
+}
+
+fn partial(value: &str, keep_last: usize, out: &mut impl Out) {
     if value.is_ascii() && value.len() <= 64 {
         // The common case, short and ASCII: one pass from the end on the stack, keeping the
         // first `keep_last` letters/digits met.
         let bytes = value.as_bytes();
         let mut buf = [0u8; 64];
         let (mut kept, mut hid) = (0, false);
+        // Without branches on the data: names differ too much for a predictor.
         for (o, &b) in buf.iter_mut().zip(bytes).rev() {
-            *o = if !b.is_ascii_alphanumeric() {
-                b
-            } else if kept < keep_last {
-                kept += 1;
-                b
-            } else {
-                hid = true;
-                b'*'
-            };
+            let alnum = b.is_ascii_alphanumeric();
+            let hide = alnum & (kept >= keep_last);
+            *o = if hide { b'*' } else { b };
+            kept += usize::from(alnum);
+            hid |= hide;
         }
         if !hid {
             // Nothing was hidden: keeping would reveal every letter and digit, so none is kept.
@@ -406,7 +445,7 @@ fn partial(value: &str, keep_last: usize, out: &mut String) {
                 }
             }
         }
-        push_ascii(out, &buf[..bytes.len()]);
+        out.put_ascii(&buf[..bytes.len()]);
         return;
     }
     if value.is_ascii() {
@@ -423,7 +462,7 @@ fn partial(value: &str, keep_last: usize, out: &mut String) {
                 seen += usize::from(alnum);
                 *o = if alnum && seen <= hidden { b'*' } else { b };
             }
-            push_ascii(out, &buf[..piece.len()]);
+            out.put_ascii(&buf[..piece.len()]);
         }
         return;
     }
@@ -431,22 +470,25 @@ fn partial(value: &str, keep_last: usize, out: &mut String) {
     // Revealing every letter and digit would not mask anything.
     let keep = if keep_last >= maskable { 0 } else { keep_last };
     let mut seen = 0;
-    out.extend(value.chars().map(|c| {
-        if !c.is_alphanumeric() {
-            return c;
-        }
-        seen += 1;
-        if seen > maskable - keep {
+    let mut utf8 = [0u8; 4];
+    for c in value.chars() {
+        let c = if !c.is_alphanumeric() {
             c
         } else {
-            '*'
-        }
-    }));
+            seen += 1;
+            if seen > maskable - keep {
+                c
+            } else {
+                '*'
+            }
+        };
+        out.put(c.encode_utf8(&mut utf8));
+    }
 }
 
 /// Appends the Safe Harbor generalisation of a date, ZIP code or age to `out`; `false` (nothing
 /// appended) if `value` is none of these.
-fn generalize(value: &str, out: &mut String) -> bool {
+fn generalize(value: &str, out: &mut impl Out) -> bool {
     let v = value.trim();
     let is_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     // ISO timestamps (`1980-01-02T03:04:05Z`, `1980-01-02 03:04`) generalise like their date.
@@ -466,10 +508,10 @@ fn generalize(value: &str, out: &mut String) -> bool {
     if zip5.len() == 5 && is_digits(zip5) {
         let zip3 = &zip5[..3];
         if RESTRICTED_ZIP3.contains(&zip3) {
-            out.push_str("00000");
+            out.put("00000");
         } else {
-            out.push_str(zip3);
-            out.push_str("00");
+            out.put(zip3);
+            out.put("00");
         }
         return true;
     }
@@ -478,12 +520,12 @@ fn generalize(value: &str, out: &mut String) -> bool {
             return false;
         };
         if age > 89 {
-            out.push_str("90+");
+            out.put("90+");
         } else {
             // Without leading zeros, as the number it is.
-            out.push_str(v.trim_start_matches('0'));
+            out.put(v.trim_start_matches('0'));
             if age == 0 {
-                out.push('0');
+                out.put("0");
             }
         }
         return true;
@@ -492,7 +534,7 @@ fn generalize(value: &str, out: &mut String) -> bool {
 }
 
 /// Appends a year of [`parse_date`]'s range (1900–2099) as its four digits.
-pub(crate) fn push_year(year: u32, out: &mut String) {
+pub(crate) fn push_year(year: u32, out: &mut impl Out) {
     debug_assert!((1000..10_000).contains(&year));
     let digits = [
         b'0' + (year / 1000 % 10) as u8,
@@ -500,12 +542,7 @@ pub(crate) fn push_year(year: u32, out: &mut String) {
         b'0' + (year / 10 % 10) as u8,
         b'0' + (year % 10) as u8,
     ];
-    push_ascii(out, &digits);
-}
-
-/// Appends bytes known to be ASCII (masked values, digits, hex).
-fn push_ascii(out: &mut String, bytes: &[u8]) {
-    out.push_str(std::str::from_utf8(bytes).expect("ASCII bytes are UTF-8"));
+    out.put_ascii(&digits);
 }
 
 #[cfg(test)]

@@ -19,9 +19,10 @@ use arrow_array::types::{
     TimestampNanosecondType, TimestampSecondType,
 };
 use arrow_array::{
-    new_null_array, Array, ArrayRef, OffsetSizeTrait, RecordBatch, RecordBatchOptions,
+    new_null_array, Array, ArrayRef, GenericStringArray, OffsetSizeTrait, RecordBatch,
+    RecordBatchOptions,
 };
-use arrow_buffer::Buffer;
+use arrow_buffer::{Buffer, NullBufferBuilder, OffsetBuffer, ScalarBuffer};
 use arrow_ipc::convert::try_fb_to_schema;
 use arrow_ipc::reader::{read_dictionary, RecordBatchDecoder};
 use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
@@ -464,26 +465,73 @@ fn generalize_dates(array: &dyn Array, count: &mut ColumnCount) -> ArrayRef {
                 .map(|v| v.map(|ms| ms.div_euclid(86_400_000))),
         ),
     };
-    let mut b = GenericStringBuilder::<i32>::with_capacity(array.len(), array.len() * 4);
-    let (mut text, mut out) = (String::new(), String::new());
+    let mut b = TextColumn::with_capacity(array.len(), array.len() * 4);
+    let mut text = String::new();
     for day in days {
         let Some(day) = day else {
-            b.append_null();
+            b.null();
             continue;
         };
         count.masked += 1;
-        out.clear();
         match civil_from_days(day) {
-            (year @ 1900..=2099, _, _) => push_year(year as u32, &mut out),
+            (year @ 1900..=2099, _, _) => push_year(year as u32, &mut b.values),
             _ => {
                 text.clear();
                 push_date(&mut text, day);
-                Method::Generalize.apply_into(&text, &mut out);
+                Method::Generalize.apply_bytes(&text, &mut b.values);
             }
         }
-        b.append_value(&out);
+        // Four bytes or `***` a value: far below the offsets' limit for a batch's rows.
+        b.end_value().expect("a few bytes per row");
     }
-    Arc::new(b.finish())
+    b.finish().expect("a few bytes per row")
+}
+
+/// A Utf8 column assembled as bytes: each value appended to `values` by the masking methods,
+/// then ended with [`end_value`](Self::end_value); the bytes are checked as UTF-8 once, when
+/// the array is built, instead of value by value.
+struct TextColumn {
+    offsets: Vec<i32>,
+    values: Vec<u8>,
+    nulls: NullBufferBuilder,
+}
+
+impl TextColumn {
+    fn with_capacity(len: usize, bytes: usize) -> Self {
+        let mut offsets = Vec::with_capacity(len + 1);
+        offsets.push(0);
+        TextColumn {
+            offsets,
+            values: Vec::with_capacity(bytes),
+            nulls: NullBufferBuilder::new(len),
+        }
+    }
+
+    /// Ends the value written since the last one; `None` if the column outgrew 32-bit offsets.
+    fn end_value(&mut self) -> Option<()> {
+        self.offsets.push(i32::try_from(self.values.len()).ok()?);
+        self.nulls.append_non_null();
+        Some(())
+    }
+
+    fn null(&mut self) {
+        let end = *self.offsets.last().expect("offsets start with 0");
+        self.values.truncate(end as usize);
+        self.offsets.push(end);
+        self.nulls.append_null();
+    }
+
+    /// The array; `None` if its bytes are not UTF-8 (the methods write whole characters, so
+    /// this does not happen: failing closed if it did).
+    fn finish(mut self) -> Option<ArrayRef> {
+        let array = GenericStringArray::<i32>::try_new(
+            OffsetBuffer::new(ScalarBuffer::from(self.offsets)),
+            Buffer::from_vec(self.values),
+            self.nulls.finish(),
+        )
+        .ok()?;
+        Some(Arc::new(array))
+    }
 }
 
 /// Rebuilds a string array of the same type with some values replaced.
@@ -589,32 +637,25 @@ fn mask_column(
             conv: Conv::Date,
         } => Ok(generalize_dates(array.as_ref(), count)),
         ArrowOp::Text { method, conv } => {
-            let mut b = GenericStringBuilder::<i32>::with_capacity(array.len(), array.len() * 8);
-            let mut total: usize = 0;
+            let mut b = TextColumn::with_capacity(array.len(), array.len() * 8);
             let mut masked = 0;
-            // One buffer for every value of the column (`scratch` holds the rendered input).
-            let mut value = String::new();
+            // `scratch` holds the rendered input; the methods write into the column's bytes.
             for_each_text(array.as_ref(), *conv, scratch, &bad, &mut |v| {
                 match v {
-                    None => b.append_null(),
+                    None => b.null(),
                     Some(text) => {
                         masked += 1;
-                        value.clear();
-                        if method.apply_into(text, &mut value) {
-                            total += value.len();
-                            if total > i32::MAX as usize {
-                                return Err(too_large());
-                            }
-                            b.append_value(&value);
+                        if method.apply_bytes(text, &mut b.values) {
+                            b.end_value().ok_or_else(too_large)?;
                         } else {
-                            b.append_null();
+                            b.null();
                         }
                     }
                 }
                 Ok(())
             })?;
             count.masked += masked;
-            Ok(Arc::new(b.finish()))
+            b.finish().ok_or_else(too_large)
         }
         ArrowOp::Detect(rule) => {
             let mut replacements: Vec<(usize, String)> = Vec::new();
