@@ -5,7 +5,7 @@
 //! Tokens are not kept: the table is keyed by the SHA-256 of each token, which is enough to
 //! recognise a token a driver presents again and useless to anyone reading memory dumps or logs.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,8 +16,13 @@ use tollgate_identity::{ProcessIdentity, SnowflakeIdentity};
 use crate::plan::ResultPlan;
 use crate::sync::lock;
 
-/// Result plans remembered per session (for `GET /queries/<qid>/result`).
-const MAX_RESULT_PLANS: usize = 1024;
+/// Result plans remembered for `GET /queries/<qid>/result`, all sessions together: about
+/// 100 bytes each, so memory stays bounded however many sessions are open. The least recently
+/// used go first; a result fetched for a forgotten query is withheld, as for an unknown one.
+const MAX_RESULT_PLANS: usize = 65_536;
+
+/// Result plans by session number and query id.
+type Plans = quick_cache::sync::Cache<(u64, String), Arc<ResultPlan>>;
 
 /// One Snowflake session.
 #[derive(Debug)]
@@ -28,7 +33,10 @@ pub struct Session {
     pub process: Option<Arc<ProcessIdentity>>,
     state: Mutex<SnowflakeIdentity>,
     created: Instant,
-    results: Mutex<VecDeque<(String, Arc<ResultPlan>)>>,
+    /// Its number in the table (the key of its result plans).
+    number: u64,
+    /// The table's result plans.
+    plans: Arc<Plans>,
     /// How long a master token lives, as Snowflake said at login.
     master_validity: Duration,
     /// The latest expiry of any of its tokens, in milliseconds after `created`.
@@ -50,27 +58,14 @@ impl Session {
     }
 
     /// Remembers what the decision of query `query_id` asks of its result, for a later
-    /// `GET /queries/<qid>/result` (polling, async queries). The oldest are forgotten first.
+    /// `GET /queries/<qid>/result` (polling, async queries).
     pub fn remember_result_plan(&self, query_id: &str, plan: Arc<ResultPlan>) {
-        let mut results = lock(&self.results);
-        if let Some(slot) = results.iter_mut().find(|(q, _)| q == query_id) {
-            slot.1 = plan;
-            return;
-        }
-        if results.len() >= MAX_RESULT_PLANS {
-            results.pop_front();
-        }
-        results.push_back((query_id.to_owned(), plan));
+        self.plans.insert((self.number, query_id.to_owned()), plan);
     }
 
     /// The plan remembered for `query_id`.
     pub fn result_plan(&self, query_id: &str) -> Option<Arc<ResultPlan>> {
-        let results = lock(&self.results);
-        results
-            .iter()
-            .rev()
-            .find(|(q, _)| q == query_id)
-            .map(|(_, p)| p.clone())
+        self.plans.get(&(self.number, query_id.to_owned()))
     }
 
     /// Time since login.
@@ -156,10 +151,20 @@ impl Tokens {
 }
 
 /// Sessions by token digest (session token and master token both map to the session).
-#[derive(Default)]
 pub struct SessionTable {
     by_token: Mutex<Tokens>,
     next: AtomicU64,
+    plans: Arc<Plans>,
+}
+
+impl Default for SessionTable {
+    fn default() -> Self {
+        SessionTable {
+            by_token: Mutex::default(),
+            next: AtomicU64::default(),
+            plans: Arc::new(Plans::new(MAX_RESULT_PLANS)),
+        }
+    }
 }
 
 impl std::fmt::Debug for SessionTable {
@@ -209,7 +214,8 @@ impl SessionTable {
             process,
             state: Mutex::new(identity),
             created: Instant::now(),
-            results: Mutex::new(VecDeque::new()),
+            number: n,
+            plans: self.plans.clone(),
             master_validity,
             live_until_ms: AtomicU64::new(0),
             ended: AtomicBool::new(false),
@@ -307,6 +313,54 @@ mod tests {
         assert!(t.get("session-token").is_none() && t.get("renewed").is_none());
         assert!(t.is_empty());
         assert!(!t.is_live(&s), "a logged-out session is not live");
+    }
+
+    #[test]
+    fn result_plans_belong_to_their_session_and_stay_bounded_together() {
+        let t = SessionTable::default();
+        let new = || {
+            t.create(
+                SnowflakeIdentity::default(),
+                None,
+                &[],
+                DEFAULT_MASTER_VALIDITY,
+            )
+        };
+        let (a, b) = (new(), new());
+        let policy = Arc::new(
+            tollgate_policy::Policy::compile("version: 1\nrules: []\n", "test.yaml")
+                .expect("the test policy compiles"),
+        );
+        let plan = |rule: &str| {
+            Arc::new(ResultPlan {
+                rule_id: rule.into(),
+                mask: None,
+                max_rows: None,
+                max_bytes: None,
+                record_rows: 0,
+                policy: policy.clone(),
+            })
+        };
+        a.remember_result_plan("q1", plan("first"));
+        a.remember_result_plan("q1", plan("again"));
+        assert_eq!(a.result_plan("q1").unwrap().rule_id, "again");
+        assert!(b.result_plan("q1").is_none(), "another session's query");
+        assert!(a.result_plan("q2").is_none());
+        // Many sessions remembering many queries hold at most the process-wide bound.
+        let shared = plan("shared");
+        for n in 0..MAX_RESULT_PLANS * 2 {
+            let s = if n % 2 == 0 { &a } else { &b };
+            s.remember_result_plan(&format!("query-{n}"), shared.clone());
+        }
+        // (The cache's shards may round their share of the bound up a little.)
+        assert!(
+            t.plans.len() <= MAX_RESULT_PLANS + MAX_RESULT_PLANS / 100,
+            "{}",
+            t.plans.len()
+        );
+        // The most recent are still there.
+        let last = MAX_RESULT_PLANS * 2 - 1;
+        assert!(b.result_plan(&format!("query-{last}")).is_some());
     }
 
     #[test]
