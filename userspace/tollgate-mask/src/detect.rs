@@ -1016,8 +1016,11 @@ fn valid_ipv4(s: &str) -> bool {
         .all(|o| !o.is_empty() && o.len() <= 3 && o.parse::<u16>().is_ok_and(|n| n <= 255))
 }
 
+/// The years a date must fall in to be recognised as one ([`parse_date`]).
+pub(crate) const DATE_YEARS: std::ops::RangeInclusive<u32> = 1900..=2099;
+
 /// Parses `YYYY-MM-DD` or `M/D/YYYY` (1–2 digit month and day) into `(year, month, day)`,
-/// accepting years 1900–2099 and days valid for the month (leap years included).
+/// accepting years of [`DATE_YEARS`] and days valid for the month (leap years included).
 pub(crate) fn parse_date(s: &str) -> Option<(u32, u32, u32)> {
     // Digits only, at most four of them (no sign, no overflow).
     let num = |p: &[u8]| -> Option<u32> {
@@ -1037,7 +1040,7 @@ pub(crate) fn parse_date(s: &str) -> Option<(u32, u32, u32)> {
         }
         (num(y.as_bytes())?, num(m.as_bytes())?, num(d.as_bytes())?)
     };
-    if !(1900..=2099).contains(&y) || !(1..=12).contains(&m) {
+    if !DATE_YEARS.contains(&y) || !(1..=12).contains(&m) {
         return None;
     }
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;

@@ -423,38 +423,13 @@ impl Out for Vec<u8> {
 }
 
 fn partial(value: &str, keep_last: usize, out: &mut impl Out) {
-    if value.is_ascii() && value.len() <= 64 {
-        // The common case, short and ASCII: one pass from the end on the stack, keeping the
-        // first `keep_last` letters/digits met.
-        let bytes = value.as_bytes();
-        let mut buf = [0u8; 64];
-        let (mut kept, mut hid) = (0, false);
-        // Without branches on the data: names differ too much for a predictor.
-        for (o, &b) in buf.iter_mut().zip(bytes).rev() {
-            let alnum = b.is_ascii_alphanumeric();
-            let hide = alnum & (kept >= keep_last);
-            *o = if hide { b'*' } else { b };
-            kept += usize::from(alnum);
-            hid |= hide;
-        }
-        if !hid {
-            // Nothing was hidden: keeping would reveal every letter and digit, so none is kept.
-            for o in &mut buf[..bytes.len()] {
-                if o.is_ascii_alphanumeric() {
-                    *o = b'*';
-                }
-            }
-        }
-        out.put_ascii(&buf[..bytes.len()]);
-        return;
-    }
     if value.is_ascii() {
-        // Long ASCII values, byte by byte: ASCII letters and digits are the alphanumerics.
+        // The common case, byte by byte: ASCII letters and digits are the alphanumerics.
         let bytes = value.as_bytes();
         let maskable = bytes.iter().filter(|b| b.is_ascii_alphanumeric()).count();
         let hidden = maskable - if keep_last >= maskable { 0 } else { keep_last };
         let mut seen = 0;
-        // Short values (names, identifiers) are built on the stack and appended at once.
+        // Built on the stack, 64 bytes at a time (a short value at once).
         let mut buf = [0u8; 64];
         for piece in bytes.chunks(buf.len()) {
             for (o, &b) in buf.iter_mut().zip(piece) {
@@ -533,7 +508,7 @@ fn generalize(value: &str, out: &mut impl Out) -> bool {
     false
 }
 
-/// Appends a year of [`parse_date`]'s range (1900–2099) as its four digits.
+/// Appends a year of [`DATE_YEARS`](crate::detect::DATE_YEARS) as its four digits.
 pub(crate) fn push_year(year: u32, out: &mut impl Out) {
     debug_assert!((1000..10_000).contains(&year));
     let digits = [

@@ -32,7 +32,7 @@ use arrow_schema::{DataType, Field, Metadata, Schema, SchemaRef, TimeUnit};
 use super::error::describe_arrow_error;
 use super::plan::{Column, Op, Plan, TEXT_LENGTH};
 use super::value::{
-    civil_from_days, default_scale, pow10, push_date, push_decimal, push_float, push_hex,
+    default_scale, generalized_year, pow10, push_date, push_decimal, push_float, push_hex,
     push_time, push_timestamp, tz_offset, SfType,
 };
 use super::{ColumnCount, ColumnCounts, DetectRule, RowsetError};
@@ -450,7 +450,11 @@ fn prim<T: ArrowPrimitiveType>(
 /// Safe Harbor generalisation of a DATE column: the year, computed from the day count without
 /// rendering the date. A year outside what [`Method::Generalize`] recognises as a date takes the
 /// general path (render, then generalise), so the output is the same as that path's.
-fn generalize_dates(array: &dyn Array, count: &mut ColumnCount) -> ArrayRef {
+fn generalize_dates(
+    array: &dyn Array,
+    count: &mut ColumnCount,
+    too_large: impl Fn() -> RowsetError,
+) -> Result<ArrayRef, RowsetError> {
     let days: Box<dyn Iterator<Item = Option<i64>>> = match array.data_type() {
         DataType::Date32 => Box::new(
             array
@@ -473,18 +477,16 @@ fn generalize_dates(array: &dyn Array, count: &mut ColumnCount) -> ArrayRef {
             continue;
         };
         count.masked += 1;
-        match civil_from_days(day) {
-            (year @ 1900..=2099, _, _) => push_year(year as u32, &mut b.values),
-            _ => {
-                text.clear();
-                push_date(&mut text, day);
-                Method::Generalize.apply_bytes(&text, &mut b.values);
-            }
+        if let Some(year) = generalized_year(day) {
+            push_year(year, &mut b.values);
+        } else {
+            text.clear();
+            push_date(&mut text, day);
+            Method::Generalize.apply_bytes(&text, &mut b.values);
         }
-        // Four bytes or `***` a value: far below the offsets' limit for a batch's rows.
-        b.end_value().expect("a few bytes per row");
+        b.end_value().ok_or_else(&too_large)?;
     }
-    b.finish().expect("a few bytes per row")
+    b.finish().ok_or_else(too_large)
 }
 
 /// A Utf8 column assembled as bytes: each value appended to `values` by the masking methods,
@@ -635,7 +637,7 @@ fn mask_column(
         ArrowOp::Text {
             method: Method::Generalize,
             conv: Conv::Date,
-        } => Ok(generalize_dates(array.as_ref(), count)),
+        } => generalize_dates(array.as_ref(), count, too_large),
         ArrowOp::Text { method, conv } => {
             let mut b = TextColumn::with_capacity(array.len(), array.len() * 8);
             let mut masked = 0;

@@ -13,51 +13,60 @@ use super::json_scan::{
     has_backslash, is_ws, parse_row, scan_row, unescape, write_json_str, BadEscape, RowEnd, TooDeep,
 };
 use super::plan::{Column, Op, Plan};
-use super::value::{civil_from_days, json_text, SfType};
+use super::value::{generalized_year, json_text, SfType};
 use super::{ColumnCount, ColumnCounts, RowsetError};
-use crate::method::{push_year, MaskedValue, Method, REDACTED};
+use crate::method::{push_year, Method};
 use crate::text::mask_text_by_kind;
 
 /// Most separator bytes kept between two rows; longer runs of whitespace are shortened.
 const MAX_SEPARATOR: usize = 16;
 
-/// A masked cell.
+/// What masking makes of a cell.
 enum Cell {
     /// Unchanged.
     Same,
     /// Becomes `null`.
     Null,
-    /// Becomes this text.
-    Text(String),
+    /// Becomes the text [`mask_cell`] left in its `masked` buffer.
+    Text,
 }
 
-/// Masks one non-null value of `column`. `Err` describes what the value should have been.
+/// Masks one non-null string value of `column` (its text, unescaped), leaving a replacement
+/// text in `masked`. The one place where both JSON paths (whole rowsets, streamed chunks)
+/// decide a cell. `Err` says what the value should have been.
 fn mask_cell(
     column: &Column,
     value: &str,
     count: &mut ColumnCount,
-    scratch: &mut String,
+    rendered: &mut String,
+    masked: &mut String,
 ) -> Result<Cell, &'static str> {
     match Plan::op(column, column.sf_type) {
         Op::Keep => Ok(Cell::Same),
-        Op::Mask(Method::Null) => {
-            count.masked += 1;
-            Ok(Cell::Null)
-        }
-        Op::Mask(Method::Redact) => {
-            // The output does not depend on the value: no need to render it.
-            count.masked += 1;
-            Ok(Cell::Text(REDACTED.to_owned()))
-        }
         Op::Mask(method) => {
-            scratch.clear();
-            let t = column.sf_type.unwrap_or(SfType::Other);
-            json_text(t, column.scale, value, scratch)?;
+            masked.clear();
+            // A DATE's year without rendering the date, where that gives the same output.
+            let year = match (method, column.sf_type) {
+                (Method::Generalize, Some(SfType::Date)) => {
+                    value.parse().ok().and_then(generalized_year)
+                }
+                _ => None,
+            };
+            let text = if let Some(year) = year {
+                push_year(year, masked);
+                true
+            } else if matches!(method, Method::Null | Method::Redact) {
+                // The output does not depend on the value: it is not rendered (nor, in a
+                // chunk, unescaped).
+                method.apply_into("", masked)
+            } else {
+                rendered.clear();
+                let t = column.sf_type.unwrap_or(SfType::Other);
+                json_text(t, column.scale, value, rendered)?;
+                method.apply_into(rendered, masked)
+            };
             count.masked += 1;
-            Ok(match method.apply(scratch) {
-                MaskedValue::Text(s) => Cell::Text(s),
-                MaskedValue::Null => Cell::Null,
-            })
+            Ok(if text { Cell::Text } else { Cell::Null })
         }
         Op::Detect(rule) => {
             match mask_text_by_kind(
@@ -68,25 +77,12 @@ fn mask_cell(
             ) {
                 Some(s) => {
                     count.masked += 1;
-                    Ok(Cell::Text(s))
+                    *masked = s;
+                    Ok(Cell::Text)
                 }
                 None => Ok(Cell::Same),
             }
         }
-    }
-}
-
-/// The year of a DATE value (days since 1970-01-01) when it is one that `Generalize` keeps
-/// (1900–2099), computed without rendering the date; other values take the general path,
-/// which gives the same output.
-fn date_year(days: &str) -> Option<u32> {
-    let days: i64 = days.parse().ok()?;
-    if days.unsigned_abs() > 1 << 40 {
-        return None;
-    }
-    match civil_from_days(days) {
-        (year @ 1900..=2099, _, _) => Some(year as u32),
-        _ => None,
     }
 }
 
@@ -134,7 +130,7 @@ fn mask_rowset_inner(
         }
     };
     let width = plan.columns.len();
-    let mut scratch = String::new();
+    let (mut rendered, mut masked) = (String::new(), String::new());
     for (r, row) in rows.iter_mut().enumerate() {
         let Some(cells) = row.as_array_mut() else {
             return Err(RowsetError::MalformedJson {
@@ -155,10 +151,14 @@ fn mask_rowset_inner(
             }
             let out = match cell {
                 Value::Null => continue,
-                Value::String(s) => {
-                    mask_cell(column, s, counts.column_mut(column.index), &mut scratch)
-                        .map_err(|p| bad_value(column, format!("row {r}"), p))?
-                }
+                Value::String(s) => mask_cell(
+                    column,
+                    s,
+                    counts.column_mut(column.index),
+                    &mut rendered,
+                    &mut masked,
+                )
+                .map_err(|p| bad_value(column, format!("row {r}"), p))?,
                 _ => {
                     return Err(bad_value(
                         column,
@@ -170,7 +170,7 @@ fn mask_rowset_inner(
             match out {
                 Cell::Same => {}
                 Cell::Null => *cell = Value::Null,
-                Cell::Text(t) => *cell = Value::String(t),
+                Cell::Text => *cell = Value::String(std::mem::take(&mut masked)),
             }
         }
         counts.add_rows(1);
@@ -233,8 +233,6 @@ struct Scratch {
     rendered: String,
     /// The masked text.
     masked: String,
-    /// [`REDACTED`] as a JSON string.
-    redacted: Vec<u8>,
 }
 
 /// Why a cell could not be masked.
@@ -266,14 +264,7 @@ impl JsonChunkMasker {
             counts: ColumnCounts::new(n),
             failed: false,
             spans: Vec::with_capacity(n),
-            scratch: Scratch {
-                redacted: {
-                    let mut r = Vec::new();
-                    write_json_str(&mut r, REDACTED);
-                    r
-                },
-                ..Scratch::default()
-            },
+            scratch: Scratch::default(),
         }
     }
 
@@ -573,76 +564,26 @@ fn mask_string_cell(
         value: unescaped,
         rendered,
         masked,
-        redacted,
     } = scratch;
     let raw = text.as_bytes();
-    let op = Plan::op(column, column.sf_type);
-    let value = match op {
+    let value = match Plan::op(column, column.sf_type) {
         Op::Keep => return Ok(false),
         // The output does not depend on the value: it is read only if it has escapes, to
         // check that they stand for characters.
         Op::Mask(Method::Null | Method::Redact) if !has_backslash(raw) => "",
-        _ => {
-            if has_backslash(raw) {
-                unescape(text, unescaped)
-                    .map_err(|BadEscape| CellError::Malformed("invalid string escape"))?;
-                unescaped.as_str()
-            } else {
-                text
-            }
+        _ if has_backslash(raw) => {
+            unescape(text, unescaped)
+                .map_err(|BadEscape| CellError::Malformed("invalid string escape"))?;
+            unescaped.as_str()
         }
+        _ => text,
     };
-    match op {
-        Op::Keep => Ok(false),
-        Op::Mask(Method::Null) => {
-            count.masked += 1;
-            out.extend_from_slice(b"null");
-            Ok(true)
-        }
-        Op::Mask(Method::Redact) => {
-            count.masked += 1;
-            out.extend_from_slice(redacted);
-            Ok(true)
-        }
-        Op::Mask(method) => {
-            masked.clear();
-            let year = match (method, column.sf_type) {
-                (Method::Generalize, Some(SfType::Date)) => date_year(value),
-                _ => None,
-            };
-            let text = if let Some(year) = year {
-                push_year(year, masked);
-                true
-            } else {
-                rendered.clear();
-                let t = column.sf_type.unwrap_or(SfType::Other);
-                json_text(t, column.scale, value, rendered).map_err(CellError::Value)?;
-                method.apply_into(rendered, masked)
-            };
-            count.masked += 1;
-            if text {
-                write_json_str(out, masked);
-            } else {
-                out.extend_from_slice(b"null");
-            }
-            Ok(true)
-        }
-        Op::Detect(rule) => {
-            match mask_text_by_kind(
-                value,
-                &rule.detectors,
-                |k| rule.method_for(k),
-                &mut count.findings,
-            ) {
-                Some(s) => {
-                    count.masked += 1;
-                    write_json_str(out, &s);
-                    Ok(true)
-                }
-                None => Ok(false),
-            }
-        }
+    match mask_cell(column, value, count, rendered, masked).map_err(CellError::Value)? {
+        Cell::Same => return Ok(false),
+        Cell::Null => out.extend_from_slice(b"null"),
+        Cell::Text => write_json_str(out, masked),
     }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@
 
 use std::fmt::Write as _;
 
+use crate::detect::DATE_YEARS;
+
 /// A Snowflake logical type, from a rowtype `type` or an Arrow field's `logicalType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SfType {
@@ -109,7 +111,7 @@ pub(crate) fn push_float(out: &mut String, v: f64) {
 }
 
 /// `(year, month, day)` of a day count since 1970-01-01 (proleptic Gregorian).
-pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
     // Howard Hinnant's `civil_from_days`.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -121,6 +123,19 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
+}
+
+/// The year [`Method::Generalize`](crate::Method::Generalize) keeps of the DATE `days` (since
+/// 1970-01-01), computed without rendering the date, when the rendered date is one it
+/// recognises (a year of [`DATE_YEARS`]); `None` otherwise, for the general path (render, then
+/// generalise), which gives the same output.
+pub(crate) fn generalized_year(days: i64) -> Option<u32> {
+    // Far outside any calendar date (and out of `civil_from_days`'s range).
+    if days.unsigned_abs() > 1 << 40 {
+        return None;
+    }
+    let year = u32::try_from(civil_from_days(days).0).ok()?;
+    DATE_YEARS.contains(&year).then_some(year)
 }
 
 /// Appends `YYYY-MM-DD` for a day count since the epoch.
